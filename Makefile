@@ -1,0 +1,48 @@
+# gradsentry — the two commands a user needs: `make serve` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# The CPU build of torch; installed first so nothing later can pull a CUDA wheel.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install serve test lint demo report bench clean
+
+$(STAMP): pyproject.toml Makefile
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (gradsentry needs Python 3.11)"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH)"
+	$(PIP) install --quiet -e ".[test]"
+	# pytorch-ood is only the benchmark's point of comparison; its declared torchvision
+	# dependency would pull a CUDA build, so it is installed without dependencies.
+	$(PIP) install --quiet --no-deps "pytorch-ood==0.4.0"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/gradsentry serve
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	# pytest exits 5 when it collects no tests; that is a failure here too.
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "error: no tests were collected"; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+demo: $(STAMP)
+	$(VENV)/bin/gradsentry demo build
+
+report: $(STAMP)
+	$(VENV)/bin/gradsentry demo report
+
+bench: $(STAMP)
+	$(PY) benchmarks/probe_cost.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
