@@ -1,0 +1,270 @@
+"""GradientProbe: per-sample, per-parameter squared norms of a confounding gradient.
+
+One batched forward with hooks and one batched backward per confounding loss. Every
+module that owns a selected parameter gets a forward hook that records its inputs and
+adds a shared zero scalar ``anchor`` to its output; the backward asks only for
+d J / d anchor, so autograd visits every hooked output (and fires the tensor hook that
+turns that output's gradient into per-sample norms right away, freeing the inputs) but
+never computes a parameter gradient, never writes ``.grad`` and never holds all layer
+gradients at once. The anchor also gives in-place ops downstream (``ReLU(inplace)``) a
+fresh tensor to modify: the hook sees the gradient of the layer's own output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from detectors.losses import get_loss
+from detectors.probe import rules as _rules  # noqa: F401  (registers every rule)
+from detectors.probe.fallback import fallback_norms
+from detectors.probe.registry import ProbeError, rule_for
+
+
+@dataclass
+class _Unit:
+    """A module owning selected parameters, and where its norms go in the feature vector."""
+
+    name: str
+    module: nn.Module
+    columns: dict[str, int]  # local parameter name -> feature column
+    uses_rule: bool
+    args: tuple[Any, ...] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    versions: tuple[int, ...] = ()
+
+
+@dataclass
+class ProbeOutput:
+    """What one probe pass produced.
+
+    logits: [B, C]; features: loss name -> [B, L]; captured: module name -> its first
+    input [B, ...] (e.g. the penultimate activations feeding the last Linear).
+    """
+
+    logits: Tensor
+    features: dict[str, Tensor]
+    captured: dict[str, Tensor]
+
+
+def _owner_of(model: nn.Module) -> dict[str, tuple[str, nn.Module, str]]:
+    """Parameter name -> (owning module name, module, name relative to it).
+
+    A parametrised module (torch.nn.utils.parametrize) owns the originals stored under
+    its ``parametrizations`` container: its forward is what uses them.
+    """
+    owners: dict[str, tuple[str, nn.Module, str]] = {}
+    for mod_name, module in model.named_modules():
+        if ".parametrizations." in f".{mod_name}.":
+            continue
+        prefix = f"{mod_name}." if mod_name else ""
+        local = dict(module.named_parameters(recurse=False))
+        container = getattr(module, "parametrizations", None)
+        if isinstance(container, nn.ModuleDict):
+            local.update({f"parametrizations.{n}": p for n, p in container.named_parameters()})
+        for n in local:
+            owners[prefix + n] = (mod_name, module, n)
+    return owners
+
+
+class GradientProbe:
+    """Per-sample confounding-gradient features of a classifier.
+
+    ``GradientProbe(model, params=None, loss="all_ones")``; ``probe.features(x)`` with x a
+    float tensor [B, ...] on the model's device returns (logits [B, C], features [B, L]),
+    feature l of sample i being ‖∇_{θ_l} J(x_i)‖²₂. ``feature_names`` lists the L parameter
+    names in ``model.named_parameters()`` order: every trainable parameter by default, or
+    exactly the names in ``params``. The model must be in eval mode (batch statistics and
+    dropout would couple or randomise samples); its parameters, ``.grad`` and mode are
+    left untouched.
+    """
+
+    def __init__(
+        self, model: nn.Module, params: Sequence[str] | None = None, loss: str = "all_ones"
+    ) -> None:
+        get_loss(loss)  # fail early on an unknown name
+        self.model = model
+        self.loss = loss
+        all_params = dict(model.named_parameters())
+        if params is None:
+            names = [n for n, p in all_params.items() if p.requires_grad]
+        else:
+            wanted = list(dict.fromkeys(params))
+            unknown = [n for n in wanted if n not in all_params]
+            if unknown:
+                raise ProbeError(
+                    f"unknown parameter name(s) {unknown}; the model has {list(all_params)[:8]}…"
+                )
+            names = [n for n in all_params if n in set(wanted)]
+        if not names:
+            raise ProbeError("no parameters selected: the model has no trainable parameters")
+        self._check_untied(model, names)
+        owners = _owner_of(model)
+        units: dict[str, _Unit] = {}
+        for column, name in enumerate(names):
+            mod_name, module, local = owners[name]
+            unit = units.get(mod_name)
+            if unit is None:
+                uses_rule = rule_for(module) is not None and not local.startswith(
+                    "parametrizations."
+                )
+                unit = units[mod_name] = _Unit(mod_name, module, {}, uses_rule)
+            unit.columns[local] = column
+        self.feature_names: list[str] = names
+        self._units = list(units.values())
+        self._hooks_active = False
+
+    @staticmethod
+    def _check_untied(model: nn.Module, names: list[str]) -> None:
+        seen: dict[int, str] = {}
+        for n, p in model.named_parameters(remove_duplicate=False):
+            if id(p) in seen and (n in names or seen[id(p)] in names):
+                raise ProbeError(
+                    f"parameter {seen[id(p)]!r} is shared with {n!r}; per-sample norms of tied "
+                    "weights are not the sum of per-use norms — not supported"
+                )
+            seen[id(p)] = n
+
+    @property
+    def num_features(self) -> int:
+        """L, the number of features per loss."""
+        return len(self.feature_names)
+
+    def features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: [B, ...] -> (logits [B, C], features [B, L]) for the probe's loss."""
+        out = self.run(x)
+        return out.logits, out.features[self.loss]
+
+    def run(
+        self, x: Tensor, losses: Iterable[str] | None = None, capture: Iterable[str] = ()
+    ) -> ProbeOutput:
+        """One forward, then one backward per loss in ``losses`` (default: the probe's loss).
+
+        capture: names of modules whose first input to return (detached).
+        """
+        loss_names = list(losses) if losses is not None else [self.loss]
+        loss_fns = [get_loss(n) for n in loss_names]
+        self._check_input(x)
+        captured: dict[str, Tensor] = {}
+        handles = [self._capture_hook(n, captured) for n in capture]
+        feats = {
+            n: x.new_zeros(x.shape[0], self.num_features, dtype=torch.float32) for n in loss_names
+        }
+        current: dict[str, Any] = {}
+        anchor = torch.zeros((), device=x.device, requires_grad=True)
+        handles += [
+            u.module.register_forward_hook(self._forward_hook(u, anchor, current), with_kwargs=True)
+            for u in self._units
+        ]
+        try:
+            with torch.enable_grad():
+                self._hooks_active = True
+                logits = self.model(x.detach())
+                self._hooks_active = False
+                if (
+                    not isinstance(logits, Tensor)
+                    or logits.dim() != 2
+                    or logits.shape[0] != x.shape[0]
+                ):
+                    raise ProbeError(
+                        f"the model must return logits [B, C]; got {_describe(logits)}"
+                    )
+                for k, (name, fn) in enumerate(zip(loss_names, loss_fns, strict=True)):
+                    current["target"] = feats[name]
+                    current["last"] = k == len(loss_fns) - 1
+                    torch.autograd.grad(
+                        fn(logits).sum(), anchor, retain_graph=k < len(loss_fns) - 1
+                    )
+        finally:
+            self._hooks_active = False
+            for h in handles:
+                h.remove()
+            for u in self._units:
+                u.args, u.kwargs, u.versions = None, {}, ()
+        return ProbeOutput(logits.detach(), feats, captured)
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def _forward_hook(self, unit: _Unit, anchor: Tensor, current: dict[str, Any]):
+        def hook(
+            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+        ) -> Any:
+            if not self._hooks_active:  # a fallback re-running the module
+                return None
+            if unit.args is not None:
+                raise ProbeError(
+                    f"module {unit.name!r} ran twice in one forward; its per-sample norm is not "
+                    "the "
+                    "sum of per-call norms — select other parameters"
+                )
+            if not isinstance(output, Tensor) or not output.is_floating_point():
+                raise ProbeError(
+                    f"module {unit.name!r} must return one float tensor; got {_describe(output)}"
+                )
+            unit.args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+            unit.kwargs = dict(kwargs)
+            unit.versions = tuple(a._version for a in unit.args if isinstance(a, Tensor))
+            out = output + anchor.to(output.dtype)
+            out.register_hook(self._grad_hook(unit, current))
+            return out
+
+        return hook
+
+    def _grad_hook(self, unit: _Unit, current: dict[str, Any]):
+        def hook(grad_output: Tensor) -> None:
+            args = unit.args
+            if args is None:
+                return
+            now = tuple(a._version for a in args if isinstance(a, Tensor))
+            if now != unit.versions:
+                raise ProbeError(
+                    f"the input of module {unit.name!r} was modified in place after it ran; "
+                    "its recorded activations are no longer valid"
+                )
+            if unit.uses_rule:
+                norms = rule_for(unit.module)(unit.module, args, grad_output)
+            else:
+                norms = fallback_norms(
+                    unit.module, list(unit.columns), args, unit.kwargs, grad_output
+                )
+            target = current["target"]
+            for local, column in unit.columns.items():
+                target[:, column] = norms[local].detach().to(torch.float32)
+            if current["last"]:  # free activations as soon as the last backward used them
+                unit.args, unit.kwargs = None, {}
+
+        return hook
+
+    def _capture_hook(self, name: str, captured: dict[str, Tensor]) -> Any:
+        try:
+            module = self.model.get_submodule(name)
+        except AttributeError:
+            raise ProbeError(f"no module named {name!r} to capture") from None
+
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if self._hooks_active and args and isinstance(args[0], Tensor):
+                captured[name] = args[0].detach()
+
+        return module.register_forward_pre_hook(hook)
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise ProbeError(f"x must be a float tensor [B, ...]; got {_describe(x)}")
+        if x.dim() < 2 or x.shape[0] == 0:
+            raise ProbeError(f"x must be a non-empty batch [B, ...]; got shape {tuple(x.shape)}")
+        if torch.is_inference_mode_enabled():
+            raise ProbeError(
+                "the probe needs autograd; do not call it under torch.inference_mode()"
+            )
+        if self.model.training:
+            raise ProbeError("the model is in training mode; per-sample features need model.eval()")
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Tensor):
+        return f"tensor of shape {tuple(obj.shape)} and dtype {obj.dtype}"
+    return type(obj).__name__

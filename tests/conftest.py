@@ -1,0 +1,47 @@
+"""Shared fixtures: a small real classifier trained on scikit-learn's bundled digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+
+from detectors.demo.model import MnistCNN
+
+
+def _digits_28() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 8×8 digits upscaled to float32 [N, 1, 28, 28] in [0, 1]."""
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp(0, 1)
+    return x.numpy(), d.target.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """(images float32 [1797, 1, 28, 28] in [0, 1], labels int64 [1797])."""
+    return _digits_28()
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits: tuple[np.ndarray, np.ndarray]) -> MnistCNN:
+    """The demo CNN architecture trained for a few seconds on the digits; eval mode."""
+    torch.manual_seed(0)
+    x, y = (torch.from_numpy(a) for a in digits)
+    model = MnistCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(3):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 64):
+            idx = perm[i : i + 64]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+    return model

@@ -1,0 +1,158 @@
+"""Small networks covering every layer type the probe handles, for exactness tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(48, 32),
+            nn.Tanh(),
+            nn.Linear(32, 16),
+            nn.ReLU(),
+            nn.Linear(16, 5),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Conv + BatchNorm + in-place ReLU, strided/dilated/grouped/reflect-padded convs, Conv1d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 8, 3, stride=2, padding=2, dilation=2, groups=4, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 6, 3, padding="same", padding_mode="reflect"),
+            nn.ReLU(inplace=True),
+        )
+        self.conv1d = nn.Conv1d(6, 4, 3, stride=2, padding=1)
+        self.bn1d = nn.BatchNorm1d(4)
+        self.head = nn.Linear(4 * 8, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)  # [B, 6, 4, 4]
+        h = torch.relu_(self.bn1d(self.conv1d(h.flatten(2))))  # [B, 4, 8]
+        return self.head(h.flatten(1))
+
+
+class Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.short = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.short = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += self.short(x)  # in-place residual add, as in common ResNets
+        return self.relu(out)
+
+
+class ResNetTiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True)
+        )
+        self.layers = nn.Sequential(Block(8, 8, 1), Block(8, 16, 2))
+        self.fc = nn.Linear(16, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.layers(self.stem(x)).mean(dim=(2, 3)))
+
+
+class NormEmbedNet(nn.Module):
+    """Embedding (padding_idx, repeated tokens), LayerNorm, Linear on a sequence, GroupNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8, padding_idx=0)
+        self.embed_big = nn.Embedding(3, 4)  # few rows: materialised path
+        self.ln = nn.LayerNorm(8)
+        self.seq = nn.Linear(8, 6)
+        self.gn = nn.GroupNorm(2, 6)
+        self.ln2 = nn.LayerNorm([6, 5], elementwise_affine=True)
+        self.out = nn.Linear(30 + 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = (x[:, :5].abs() * 7).long() % 20  # [B, 5], repeats and zeros
+        small = (x[:, 5:9].abs() * 5).long() % 3  # [B, 4], many repeats
+        h = self.seq(self.ln(self.embed(tokens)))  # [B, 5, 6]
+        h = self.gn(h.transpose(1, 2))  # [B, 6, 5]
+        h = self.ln2(h).flatten(1)  # [B, 30]
+        e = self.embed_big(small).sum(1)  # [B, 4]
+        return self.out(torch.cat([h + x[:, 9:10], e], dim=1))
+
+
+class Scale(nn.Module):
+    """A parametrised module with no registered rule."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.linspace(0.5, 1.5, n))
+        self.shift = nn.Parameter(torch.zeros(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain + self.shift.exp()
+
+
+class NoRuleNet(nn.Module):
+    """A custom module, PReLU, a Conv3d and a weight-normalised (parametrised) Linear: no rules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv3d = nn.Conv3d(1, 2, (1, 3, 3), padding=(0, 1, 1))
+        self.scale = Scale(2 * 3 * 16)
+        self.prelu = nn.PReLU(2)
+        self.wn = parametrizations.weight_norm(nn.Linear(96, 10))
+        self.fc = nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv3d(x.unsqueeze(1))  # [B, 2, 3, 4, 4]
+        h = self.prelu(h).flatten(1)
+        h = self.scale(h)
+        return self.fc(torch.tanh(self.wn(h)))
+
+
+def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BatchNorm layers non-trivial running stats and affine params; eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+# name -> (factory, input shape without batch)
+NETS = {
+    "mlp": (MLP, (3, 4, 4)),
+    "cnn_bn_inplace": (SmallCNN, (3, 8, 8)),
+    "resnet": (ResNetTiny, (3, 8, 8)),
+    "norm_embed": (NormEmbedNet, (10,)),
+    "no_rule": (NoRuleNet, (3, 4, 4)),
+}
