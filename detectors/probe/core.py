@@ -2,12 +2,12 @@
 
 One batched forward with hooks and one batched backward per confounding loss. Every
 module that owns a selected parameter gets a forward hook that records its inputs and
-adds a shared zero scalar ``anchor`` to its output; the backward asks only for
-d J / d anchor, so autograd visits every hooked output (and fires the tensor hook that
-turns that output's gradient into per-sample norms right away, freeing the inputs) but
-never computes a parameter gradient, never writes ``.grad`` and never holds all layer
-gradients at once. The anchor also gives in-place ops downstream (``ReLU(inplace)``) a
-fresh tensor to modify: the hook sees the gradient of the layer's own output.
+passes its output through ``_Tap``, an identity that also takes a shared zero scalar
+``anchor``. The backward asks only for dJ/d(anchor): autograd visits every tap (whose
+backward turns that layer's output gradient into per-sample norms at once and frees the
+recorded inputs) but computes no parameter gradient, never writes ``.grad`` and never
+holds all layer gradients at once. The tap's output is a fresh tensor, so in-place ops
+downstream (``ReLU(inplace)``, ``out += identity``) cannot corrupt what the layer saw.
 """
 
 from __future__ import annotations
@@ -36,6 +36,23 @@ class _Unit:
     args: tuple[Any, ...] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     versions: tuple[int, ...] = ()
+
+
+class _Tap(torch.autograd.Function):
+    """Identity on a layer output; its backward hands the output gradient [B, ...] to
+    ``on_grad`` and gives the anchor a zero, so no reduction over the output is paid."""
+
+    @staticmethod
+    def forward(ctx: Any, output: Tensor, anchor: Tensor, on_grad: Any) -> Tensor:
+        ctx.on_grad = on_grad
+        ctx.anchor_meta = (anchor.shape, anchor.dtype, anchor.device)
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        ctx.on_grad(grad)
+        shape, dtype, device = ctx.anchor_meta
+        return grad, torch.zeros(shape, dtype=dtype, device=device), None
 
 
 @dataclass
@@ -208,9 +225,7 @@ class GradientProbe:
             unit.args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
             unit.kwargs = dict(kwargs)
             unit.versions = tuple(a._version for a in unit.args if isinstance(a, Tensor))
-            out = output + anchor.to(output.dtype)
-            out.register_hook(self._grad_hook(unit, current))
-            return out
+            return _Tap.apply(output, anchor, self._grad_hook(unit, current))
 
         return hook
 

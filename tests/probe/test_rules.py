@@ -133,3 +133,34 @@ def test_inference_mode_is_refused() -> None:
     probe = GradientProbe(nn.Linear(4, 3).eval())
     with torch.inference_mode(), pytest.raises(ProbeError, match="inference_mode"):
         probe.features(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        # wide layers on few positions take the ghost branch ...
+        nn.Conv2d(32, 32, 3, padding=1, groups=2),
+        nn.Conv2d(32, 24, 2, stride=1, dilation=2, padding=1, padding_mode="reflect"),
+        nn.Conv1d(48, 32, 3, padding="same", padding_mode="circular"),
+        # ... narrow layers on many positions materialise per-sample weight gradients
+        nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, padding_mode="replicate"),
+        nn.Conv1d(4, 6, 5, padding="same"),
+    ],
+    ids=["ghost-grouped", "ghost-reflect", "ghost-1d-circular", "mat-replicate", "mat-1d-same"],
+)
+def test_conv_branches_match_reference(conv: nn.Module) -> None:
+    from detectors.probe.rules.conv import conv_norms  # noqa: F401  (the rule under test)
+
+    torch.manual_seed(0)
+    is_2d = isinstance(conv, nn.Conv2d)
+    c_in = conv.in_channels
+    shape = (c_in, 3, 3) if is_2d and c_in >= 32 else (c_in, 12, 12) if is_2d else None
+    if shape is None:
+        shape = (c_in, 4) if c_in >= 32 else (c_in, 40)
+    with torch.no_grad():
+        width = conv(torch.zeros(1, *shape)).numel()
+    model = Wrap(conv, lambda x: x, width).eval()
+    x = torch.randn(6, *shape)
+    probe = GradientProbe(model)
+    _, feats = probe.features(x)
+    assert_close_rel(feats, reference_features(model, x, probe.feature_names))

@@ -1,0 +1,175 @@
+"""Cost of per-sample gradient features on a ResNet-18 at 3×32×32, measured side by side.
+
+Compares, at batch 16 and 64 on this machine's CPU:
+  forward      one batched forward pass (no grad) — the unit of every ratio
+  fwd+bwd      one batched forward + backward of the confounding loss (writes .grad)
+  probe        gradsentry's GradientProbe.features (hooks, one backward, per-layer rules)
+  vmap         pytorch-ood's GradUncertainty, its torch.func.vmap path
+  loop         one forward + backward per sample
+after checking all three feature paths agree. Peak memory of each path at batch 64 is
+measured in a fresh subprocess (peak RSS growth over the loaded model).
+
+    python benchmarks/probe_cost.py [--repeats 7] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.resnet import trained_like_resnet18  # noqa: E402
+from detectors import GradientProbe  # noqa: E402
+from detectors.losses import get_loss  # noqa: E402
+
+
+def load_grad_uncertainty() -> type:
+    """pytorch-ood's GradUncertainty without running the package __init__ (it imports
+    torchvision, which has no CPU build beside this torch)."""
+    loaded = sys.modules.get("pytorch_ood.detector.graduncertainty")
+    if loaded is not None:
+        return loaded.GradUncertainty
+    spec = importlib.util.find_spec("pytorch_ood")
+    if spec is None or spec.origin is None:
+        raise SystemExit("pytorch-ood is not installed: pip install --no-deps pytorch-ood==0.4.0")
+    root = Path(spec.origin).parent
+    for name, path in [("pytorch_ood", root), ("pytorch_ood.detector", root / "detector")]:
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(path)]
+        sys.modules.setdefault(name, pkg)
+    return importlib.import_module("pytorch_ood.detector.graduncertainty").GradUncertainty
+
+
+def loop_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[B, L] one sample at a time with torch.autograd.grad."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = get_loss("all_ones")
+    rows = []
+    for i in range(x.shape[0]):
+        grads = torch.autograd.grad(loss(model(x[i : i + 1])).sum(), params)
+        rows.append(torch.stack([g.pow(2).sum() for g in grads]))
+    return torch.stack(rows)
+
+
+def forward_backward(model: torch.nn.Module, x: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    get_loss("all_ones")(model(x)).sum().backward()
+    model.zero_grad(set_to_none=True)
+
+
+def paths(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor], object]]:
+    probe = GradientProbe(model)
+    vmap_detector = load_grad_uncertainty()(model)
+
+    def forward(x: torch.Tensor) -> object:
+        with torch.no_grad():
+            return model(x)
+
+    return {
+        "forward": forward,
+        "fwd+bwd": lambda x: forward_backward(model, x),
+        "probe": probe.features,
+        "vmap": vmap_detector._predict_batched,
+        "loop": lambda x: loop_features(model, x),
+    }
+
+
+def check_agreement(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Largest relative difference between the three feature paths (probe rows vs loop rows,
+    probe row sums vs pytorch-ood's negated sums)."""
+    run = paths(model)
+    _, probe = run["probe"](x)
+    loop = run["loop"](x)
+    vmap_sum = -run["vmap"](x)
+    rel_loop = ((probe - loop).abs() / loop.abs().clamp_min(1e-12)).max().item()
+    rel_vmap = ((probe.sum(1) - vmap_sum).abs() / vmap_sum.abs()).max().item()
+    return max(rel_loop, rel_vmap)
+
+
+def time_paths(model: torch.nn.Module, batch: int, repeats: int) -> dict[str, float]:
+    """Median seconds per call, paths interleaved round-robin so machine noise hits all alike."""
+    run = paths(model)
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+    for fn in run.values():  # warm-up
+        fn(x)
+    samples: dict[str, list[float]] = {k: [] for k in run}
+    for _ in range(repeats):
+        for name, fn in run.items():
+            t0 = time.perf_counter()
+            fn(x)
+            samples[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def peak_memory_worker(path: str, batch: int) -> None:
+    """Child process: print the peak RSS growth (bytes) of one call of ``path``."""
+    model = trained_like_resnet18()
+    run = paths(model)
+    x = torch.rand(batch, 3, 32, 32)
+    run["forward"](x[:1])  # load kernels before the baseline reading
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run[path](x)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+
+
+def peak_memory(path: str, batch: int) -> int:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-worker", path, "--batch", str(batch)],
+        check=True, capture_output=True, text=True,
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--json", type=Path, help="also write the measurements as JSON")
+    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        peak_memory_worker(args.memory_worker, args.batch)
+        return
+
+    torch.manual_seed(0)
+    model = trained_like_resnet18()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-18 at 3×32×32")
+    err = check_agreement(model, torch.rand(8, 3, 32, 32))
+    print(f"agreement: probe vs loop vs pytorch-ood vmap, max relative difference {err:.1e}")
+    if err > 1e-4:
+        raise SystemExit("feature paths disagree; timings would be meaningless")
+    result: dict[str, object] = {"agreement_max_rel": err, "timing": {}, "memory": {}}
+    for batch in args.batches:
+        t = time_paths(model, batch, args.repeats)
+        result["timing"][batch] = t  # type: ignore[index]
+        print(f"\nbatch {batch}: median of {args.repeats}, ratio to one forward pass")
+        for name, sec in t.items():
+            print(f"  {name:<8} {sec * 1e3:8.1f} ms  {sec / t['forward']:5.2f}×")
+        print(f"  probe is {t['vmap'] / t['probe']:.2f}× faster than vmap, "
+              f"{t['loop'] / t['probe']:.2f}× faster than the loop")
+    mem_batch = max(args.batches)
+    mem = {name: peak_memory(name, mem_batch) for name in ("fwd+bwd", "probe", "vmap", "loop")}
+    result["memory"] = mem
+    print(f"\npeak memory growth at batch {mem_batch} (fresh process each)")
+    for name, b in mem.items():
+        print(f"  {name:<8} {b / 2**20:8.1f} MiB  {b / mem['fwd+bwd']:5.2f}× fwd+bwd")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""OnnxDetector: H scored from exported ONNX heads with onnxruntime (no scikit-learn objects)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from detectors.detector.kinds import check_kind_list
+from detectors.detector.scoring import ScoringMixin
+from detectors.detector.strategies import get_strategy
+from detectors.detector.transform import LogTransform
+
+PROBA_OUTPUT = "probabilities"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+_INPUT_DTYPES = {"tensor(double)": np.float64, "tensor(float)": np.float32}
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class InvalidOnnxHeadError(ValueError):
+    """A head's bytes are not a usable ONNX classifier for this detector."""
+
+
+class OnnxDetector(ScoringMixin):
+    """Same scoring API as ``ReliabilityDetector``, from ONNX bytes plus the recorded metadata.
+
+    Args:
+        heads: {head name: serialized ONNX model} as produced by ``to_onnx``; the names must be
+            the strategy's heads for ``kinds``.
+        transform: the numpy transform applied before the graphs.
+        strategy: name in ``STRATEGIES``.
+        kinds: the fitted challenge kinds.
+        threshold: flagged = P(challenging) ≥ threshold, in [0, 1].
+        device: "auto" uses onnxruntime's CUDA provider when it is present and actually
+            selected by the session, else CPU; "cuda" raises RuntimeError when it is not.
+        intra_op_threads: onnxruntime threads per session. H is a tiny model on [B, F]
+            inputs, so one thread avoids contention with the classifier's own threads.
+
+    Attributes: ``kinds_``, ``threshold_``, ``transform_``, ``strategy_``, ``n_features_in_``,
+    ``providers_`` (providers the sessions really use), ``device_`` ("cuda" or "cpu").
+    """
+
+    def __init__(
+        self,
+        heads: Mapping[str, bytes],
+        transform: LogTransform,
+        strategy: str,
+        kinds: Sequence[str],
+        threshold: float,
+        *,
+        device: Device = "auto",
+        intra_op_threads: int = 1,
+    ) -> None:
+        if not isinstance(transform, LogTransform):
+            raise TypeError(f"transform must be a LogTransform, got {type(transform).__name__}")
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, numbers.Real)
+            or not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0)
+        ):
+            raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        self.strategy_ = get_strategy(strategy)
+        self.kinds_ = check_kind_list(kinds)
+        expected = self.strategy_.head_names(self.kinds_)
+        if sorted(heads) != sorted(expected):
+            raise ValueError(
+                f"strategy {strategy!r} with kinds {list(self.kinds_)} needs heads "
+                f"{expected}, got {sorted(heads)}"
+            )
+        self.transform_ = transform
+        self.threshold_ = float(threshold)
+        self._sessions = {
+            name: _session(name, heads[name], device, intra_op_threads) for name in expected
+        }
+        widths = {name: _input_width(name, s) for name, s in self._sessions.items()}
+        if len(set(widths.values())) != 1:
+            raise InvalidOnnxHeadError(f"heads disagree on the number of features: {widths}")
+        self.n_features_in_ = next(iter(widths.values()))
+        if transform.n_features not in (None, self.n_features_in_):
+            raise ValueError(
+                f"transform has {transform.n_features} log_columns flags but the "
+                f"heads take {self.n_features_in_} features"
+            )
+        # Input name and dtype per head, read once: the graphs may take float32 or float64.
+        self._feeds = {
+            name: (s.get_inputs()[0].name, _INPUT_DTYPES[s.get_inputs()[0].type])
+            for name, s in self._sessions.items()
+        }
+        self.providers_ = list(next(iter(self._sessions.values())).get_providers())
+        self.device_ = "cuda" if CUDA in self.providers_ else "cpu"
+
+    def _head_probas(self, Xt: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for name, session in self._sessions.items():
+            input_name, dtype = self._feeds[name]
+            feed = {input_name: Xt.astype(dtype, copy=False)}
+            out[name] = np.asarray(session.run([PROBA_OUTPUT], feed)[0], dtype=np.float64)
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"OnnxDetector(strategy={self.strategy_.name!r}, kinds={list(self.kinds_)}, "
+            f"threshold={self.threshold_:.6g}, device={self.device_!r})"
+        )
+
+
+def _session(name: str, model_bytes: bytes, device: Device, threads: int) -> ort.InferenceSession:
+    """An inference session for one head, on CUDA when requested/possible, else on CPU."""
+    if not isinstance(model_bytes, bytes | bytearray):
+        raise TypeError(f"head {name!r} must be bytes, got {type(model_bytes).__name__}")
+    try:
+        onnx.checker.check_model(onnx.load_model_from_string(bytes(model_bytes)))
+    except Exception as exc:  # onnx raises DecodeError, ValidationError, ... for bad bytes
+        raise InvalidOnnxHeadError(
+            f"head {name!r} is not a valid ONNX model: {_first_line(exc)}"
+        ) from exc
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # onnxruntime's provider-fallback notices are not errors
+    if device != "cpu" and CUDA in ort.get_available_providers():
+        try:
+            session = ort.InferenceSession(bytes(model_bytes), options, providers=[CUDA, CPU])
+        except Exception:  # a broken CUDA install raises here; CPU is still correct
+            session = None
+        # onnxruntime-gpu silently falls back to CPU when CUDA does not work: ask the session.
+        if session is not None and CUDA in session.get_providers():
+            return session
+    if device == "cuda":
+        raise RuntimeError(
+            "device='cuda' was requested but onnxruntime's CUDA provider is not "
+            f"usable here (available: {ort.get_available_providers()})"
+        )
+    try:
+        return ort.InferenceSession(bytes(model_bytes), options, providers=[CPU])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise InvalidOnnxHeadError(
+            f"head {name!r} cannot be loaded by onnxruntime: {_first_line(exc)}"
+        ) from exc
+
+
+def _input_width(name: str, session: ort.InferenceSession) -> int:
+    """Check the head's signature (one [N, F] float input, a probabilities output); return F."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].type not in _INPUT_DTYPES:
+        raise InvalidOnnxHeadError(
+            f"head {name!r} must take one float/double tensor, got "
+            f"{[(i.name, i.type) for i in inputs]}"
+        )
+    shape = inputs[0].shape
+    if len(shape) != 2 or not isinstance(shape[1], int):
+        raise InvalidOnnxHeadError(
+            f"head {name!r} input must be [N, F] with a fixed F, got {shape}"
+        )
+    if PROBA_OUTPUT not in {o.name for o in session.get_outputs()}:
+        raise InvalidOnnxHeadError(f"head {name!r} has no {PROBA_OUTPUT!r} output")
+    return shape[1]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,25 @@
+"""Baseline scores to compare gradsentry against (higher = more likely challenging).
+
+Every entry is imported here, explicitly, so ``available()`` lists them all.
+"""
+
+from detectors.evaluate.baselines.base import Baseline
+from detectors.evaluate.baselines.energy import Energy
+from detectors.evaluate.baselines.gradnorm import GradNorm
+from detectors.evaluate.baselines.mahalanobis import Mahalanobis
+from detectors.evaluate.baselines.msp import MaxSoftmax
+from detectors.evaluate.baselines.odin import Odin
+from detectors.evaluate.baselines.registry import available, create, get, register
+
+__all__ = [
+    "Baseline",
+    "Energy",
+    "GradNorm",
+    "Mahalanobis",
+    "MaxSoftmax",
+    "Odin",
+    "available",
+    "create",
+    "get",
+    "register",
+]

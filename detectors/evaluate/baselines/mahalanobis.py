@@ -1,0 +1,111 @@
+"""Mahalanobis distance on penultimate features (Lee, Lee, Lee & Shin, NeurIPS 2018).
+
+Class-conditional Gaussians with one shared (tied) covariance, fitted on clean data;
+the score is the distance to the closest class mean. This is the feature-space score
+of the paper without its input preprocessing and layer ensemble.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import numpy as np
+import torch
+from scipy.spatial.distance import cdist
+from sklearn.exceptions import NotFittedError
+from torch import nn
+
+from detectors.evaluate.baselines.base import (
+    Baseline,
+    batches,
+    check_batch_size,
+    check_images,
+    check_labels,
+    check_model,
+    check_number,
+    model_device,
+)
+from detectors.evaluate.baselines.last_linear import forward_with_head
+from detectors.evaluate.baselines.registry import register
+
+
+def penultimate_features(model: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The last ``nn.Linear``'s input for every image: float64 [N, D]."""
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        for x in batches(images, batch_size, model_device(model)):
+            out.append(forward_with_head(model, x).features.double().cpu().numpy())
+    return np.concatenate(out)
+
+
+@register("mahalanobis")
+class Mahalanobis(Baseline):
+    """Score = min_c sqrt((a − μ_c)ᵀ Σ⁺ (a − μ_c)), a the penultimate features.
+
+    Σ⁺ is the pseudo-inverse of the tied covariance: eigen-directions with variance
+    at or below ``rcond``·(largest eigenvalue) are dropped (ReLU features often have
+    dead units, so Σ is singular). It is kept factored as a whitening matrix
+    W [D, r] with Σ⁺ = W Wᵀ, so distances are Euclidean distances after whitening.
+
+    Args:
+        rcond: relative eigenvalue cut-off; None = D·machine epsilon (NumPy's rank rule).
+
+    Attributes (after ``fit``):
+        classes_: int64 [K'], the labels seen in fit.
+        means_: float64 [K', D], class means of the penultimate features.
+        whitener_: float64 [D, r], r = rank kept.
+    """
+
+    def __init__(self, rcond: float | None = None) -> None:
+        self.rcond = rcond
+
+    def fit(
+        self,
+        model: nn.Module,
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        batch_size: int = 256,
+    ) -> Self:
+        """Fit class means and the tied covariance on clean images float32 [N, C, H, W]
+        with their true labels int64 [N]."""
+        check_model(model)
+        check_images(images)
+        check_labels(labels, len(images))
+        check_batch_size(batch_size)
+        if self.rcond is not None:
+            check_number(self.rcond, "rcond", positive=False)
+            if self.rcond >= 1:
+                raise ValueError(f"rcond must be < 1, got {self.rcond!r}")
+        if len(images) < 2:
+            raise ValueError("Mahalanobis needs at least 2 fit images to estimate a covariance")
+        feats = penultimate_features(model, images, batch_size)
+        classes, inverse = np.unique(labels, return_inverse=True)
+        means = np.stack([feats[inverse == k].mean(axis=0) for k in range(len(classes))])
+        centred = feats - means[inverse]
+        cov = centred.T @ centred / len(feats)
+        eigval, eigvec = np.linalg.eigh(cov)
+        rcond = self.rcond if self.rcond is not None else cov.shape[0] * np.finfo(np.float64).eps
+        keep = eigval > rcond * max(float(eigval.max()), 0.0)
+        if not keep.any():
+            raise ValueError("the fit features have zero variance; cannot fit a covariance")
+        self.classes_ = classes.astype(np.int64)
+        self.means_ = means
+        self.whitener_ = eigvec[:, keep] / np.sqrt(eigval[keep])
+        return self
+
+    def score(self, model: nn.Module, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        """float64 [N] >= 0: distance to the closest class mean."""
+        if not hasattr(self, "whitener_"):
+            raise NotFittedError("Mahalanobis is not fitted yet; call fit() on clean data first")
+        check_model(model)
+        check_images(images)
+        check_batch_size(batch_size)
+        feats = penultimate_features(model, images, batch_size)
+        if feats.shape[1] != self.means_.shape[1]:
+            raise ValueError(
+                f"the model's penultimate features have {feats.shape[1]} dimensions, "
+                f"but this baseline was fitted on {self.means_.shape[1]}"
+            )
+        dist = cdist(feats @ self.whitener_, self.means_ @ self.whitener_)
+        return dist.min(axis=1)
