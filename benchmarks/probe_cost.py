@@ -31,9 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.resnet import trained_like_resnet18  # noqa: E402
-from detectors import GradientProbe  # noqa: E402
-from detectors.losses import get_loss  # noqa: E402
+from benchmarks.resnet import trained_like_resnet18
+from detectors import GradientProbe
+from detectors.losses import get_loss
 
 
 def load_grad_uncertainty() -> type:
@@ -128,7 +128,9 @@ def peak_memory_worker(path: str, batch: int) -> None:
 def peak_memory(path: str, batch: int) -> int:
     out = subprocess.run(
         [sys.executable, __file__, "--memory-worker", path, "--batch", str(batch)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -159,8 +161,10 @@ def main() -> None:
         print(f"\nbatch {batch}: median of {args.repeats}, ratio to one forward pass")
         for name, sec in t.items():
             print(f"  {name:<8} {sec * 1e3:8.1f} ms  {sec / t['forward']:5.2f}×")
-        print(f"  probe is {t['vmap'] / t['probe']:.2f}× faster than vmap, "
-              f"{t['loop'] / t['probe']:.2f}× faster than the loop")
+        print(
+            f"  probe is {t['vmap'] / t['probe']:.2f}× faster than vmap, "
+            f"{t['loop'] / t['probe']:.2f}× faster than the loop"
+        )
     mem_batch = max(args.batches)
     mem = {name: peak_memory(name, mem_batch) for name in ("fwd+bwd", "probe", "vmap", "loop")}
     result["memory"] = mem

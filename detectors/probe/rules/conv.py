@@ -1,4 +1,10 @@
-"""nn.Conv1d / nn.Conv2d: unfold the input into patches, then the cheaper exact outer norm."""
+"""nn.Conv1d / nn.Conv2d: per-sample weight norms by the cheaper exact route.
+
+Materialising per-sample weight gradients costs ~T·d·p per sample (T output positions,
+d = C_in/G·k, p = C_out/G); the ghost form ⟨a aᵀ, g gᵀ⟩ on unfolded patches costs
+~T²·(d+p). Early layers (many positions, few channels) materialise, late layers use
+the ghost form.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,15 @@ from detectors.probe.registry import register_rule
 from detectors.probe.rules._outer import outer_sum_sq_norm, sq_norm
 
 
+def _explicit_padding(conv: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
+    """Apply the conv's padding (any mode, numeric or 'same') to x [B, C, (H,) W]."""
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    return F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
+
+
 def _patches(conv: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
     """Input [B, C_in, (H,) W] -> patches [B, C_in·k, T] matching the conv's output positions."""
-    if conv.padding_mode == "zeros":
-        x = F.pad(x, conv._reversed_padding_repeated_twice)
-    else:
-        x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+    x = _explicit_padding(conv, x)
     if isinstance(conv, nn.Conv1d):  # treat as a 1×W image
         return F.unfold(
             x.unsqueeze(2),
@@ -24,6 +33,30 @@ def _patches(conv: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
             stride=(1, conv.stride[0]),
         )
     return F.unfold(x, kernel_size=conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
+
+
+def _per_sample_weight_grad(conv: nn.Conv1d | nn.Conv2d, x: Tensor, g: Tensor) -> Tensor:
+    """Per-sample weight gradients [B, C_out, C_in/G, *k] from one grouped weight-gradient
+    kernel: the batch is folded into channel groups, so the backend's convolution
+    kernels do the work (several times faster than unfold + bmm on large layers)."""
+    b, spatial = x.shape[0], x.dim() - 2
+    x = _explicit_padding(conv, x)
+    weight = conv.weight.detach()
+    folded = weight.unsqueeze(0).expand(b, *weight.shape).reshape(-1, *weight.shape[1:])
+    grad_w = torch.ops.aten.convolution_backward(
+        g.reshape(1, -1, *g.shape[2:]),
+        x.reshape(1, -1, *x.shape[2:]),
+        folded,
+        None,
+        conv.stride,
+        (0,) * spatial,
+        conv.dilation,
+        False,
+        (0,) * spatial,
+        b * conv.groups,
+        [False, True, False],
+    )[1]
+    return grad_w.reshape(b, *weight.shape)
 
 
 @register_rule(nn.Conv1d, nn.Conv2d)
@@ -37,13 +70,17 @@ def conv_norms(
             f"{type(module).__name__} received an unbatched input of shape {tuple(x.shape)}"
         )
     b, groups = x.shape[0], module.groups
-    a = _patches(module, x)  # [B, C_in·k, T]
-    t = a.shape[-1]
-    g = g.reshape(b, g.shape[1], -1)  # [B, C_out, T]
-    # Per group: a_g [B·G, T, d], g_g [B·G, T, p]; the weight block of group j sees only them.
-    a_g = a.reshape(b * groups, a.shape[1] // groups, t).transpose(1, 2)
-    g_g = g.reshape(b * groups, g.shape[1] // groups, t).transpose(1, 2)
-    norms = {"weight": outer_sum_sq_norm(a_g, g_g).reshape(b, groups).sum(1)}
+    t = g[0, 0].numel()
+    d, p = module.weight[0].numel(), module.out_channels // groups
+    if t * t * (d + p) < t * d * p:
+        a = _patches(module, x)  # [B, C_in·k, T]
+        # Per group: a_g [B·G, T, d], g_g [B·G, T, p]; weight block j sees only them.
+        a_g = a.reshape(b * groups, d, t).transpose(1, 2)
+        g_g = g.reshape(b * groups, p, t).transpose(1, 2)
+        weight = outer_sum_sq_norm(a_g, g_g).reshape(b, groups).sum(1)
+    else:
+        weight = sq_norm(_per_sample_weight_grad(module, x, g))
+    norms = {"weight": weight}
     if module.bias is not None:
-        norms["bias"] = sq_norm(g.sum(2))
+        norms["bias"] = sq_norm(g.reshape(b, g.shape[1], -1).sum(2))
     return norms
