@@ -38,6 +38,32 @@ def penultimate_features(model: nn.Module, images: np.ndarray, batch_size: int) 
     return np.concatenate(out)
 
 
+def fit_tied_gaussian(
+    feats: np.ndarray, labels: np.ndarray, rcond: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class means and a whitening factor of the tied covariance's pseudo-inverse.
+
+    feats: float64 [N, D]; labels: int [N]. Returns (classes int64 [K], means float64
+    [K, D], whitener float64 [D, r]) with Σ⁺ = W Wᵀ over the r directions whose variance
+    exceeds rcond·max (default D·machine epsilon, NumPy's rank rule).
+    """
+    classes, inverse = np.unique(labels, return_inverse=True)
+    means = np.stack([feats[inverse == k].mean(axis=0) for k in range(len(classes))])
+    centred = feats - means[inverse]
+    cov = centred.T @ centred / len(feats)
+    eigval, eigvec = np.linalg.eigh(cov)
+    cut = rcond if rcond is not None else cov.shape[0] * np.finfo(np.float64).eps
+    keep = eigval > cut * max(float(eigval.max()), 0.0)
+    if not keep.any():
+        raise ValueError("the fit features have zero variance; cannot fit a covariance")
+    return classes.astype(np.int64), means, eigvec[:, keep] / np.sqrt(eigval[keep])
+
+
+def min_class_distance(feats: np.ndarray, means: np.ndarray, whitener: np.ndarray) -> np.ndarray:
+    """float64 [N]: Mahalanobis distance of each row of feats [N, D] to its closest mean."""
+    return cdist(feats @ whitener, means @ whitener).min(axis=1)
+
+
 @register("mahalanobis")
 class Mahalanobis(Baseline):
     """Score = min_c sqrt((a − μ_c)ᵀ Σ⁺ (a − μ_c)), a the penultimate features.
@@ -80,18 +106,7 @@ class Mahalanobis(Baseline):
         if len(images) < 2:
             raise ValueError("Mahalanobis needs at least 2 fit images to estimate a covariance")
         feats = penultimate_features(model, images, batch_size)
-        classes, inverse = np.unique(labels, return_inverse=True)
-        means = np.stack([feats[inverse == k].mean(axis=0) for k in range(len(classes))])
-        centred = feats - means[inverse]
-        cov = centred.T @ centred / len(feats)
-        eigval, eigvec = np.linalg.eigh(cov)
-        rcond = self.rcond if self.rcond is not None else cov.shape[0] * np.finfo(np.float64).eps
-        keep = eigval > rcond * max(float(eigval.max()), 0.0)
-        if not keep.any():
-            raise ValueError("the fit features have zero variance; cannot fit a covariance")
-        self.classes_ = classes.astype(np.int64)
-        self.means_ = means
-        self.whitener_ = eigvec[:, keep] / np.sqrt(eigval[keep])
+        self.classes_, self.means_, self.whitener_ = fit_tied_gaussian(feats, labels, self.rcond)
         return self
 
     def score(self, model: nn.Module, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
@@ -107,5 +122,4 @@ class Mahalanobis(Baseline):
                 f"the model's penultimate features have {feats.shape[1]} dimensions, "
                 f"but this baseline was fitted on {self.means_.shape[1]}"
             )
-        dist = cdist(feats @ self.whitener_, self.means_ @ self.whitener_)
-        return dist.min(axis=1)
+        return min_class_distance(feats, self.means_, self.whitener_)

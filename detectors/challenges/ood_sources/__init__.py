@@ -1,0 +1,23 @@
+"""OOD sources for ``ood:source=<name>``: a registry, one module per source."""
+
+from detectors.challenges.ood_sources.gaussian import gaussian_noise
+from detectors.challenges.ood_sources.registry import (
+    OodSource,
+    cycled_indices,
+    register_source,
+    sources,
+)
+from detectors.challenges.ood_sources.skimage_patches import skimage_patches
+from detectors.challenges.ood_sources.sklearn_digits import sklearn_digits
+from detectors.challenges.ood_sources.uniform import uniform_noise
+
+__all__ = [
+    "OodSource",
+    "cycled_indices",
+    "gaussian_noise",
+    "register_source",
+    "skimage_patches",
+    "sklearn_digits",
+    "sources",
+    "uniform_noise",
+]

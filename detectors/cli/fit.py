@@ -1,0 +1,93 @@
+"""``gradsentry fit``: model + in-distribution data + challenge specs -> bundle (+ report)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from detectors.bundle import BundleExistsError
+from detectors.cli.common import (
+    CliError,
+    check_input_shape,
+    load_labelled,
+    load_model,
+    parse_challenges,
+)
+from detectors.detector import CLASSIFIERS, STRATEGIES
+from detectors.fitting import fit_detector, write_bundle
+from detectors.losses import available_losses
+from detectors.setcache import SetCache
+
+DEFAULT_CHALLENGES = [
+    "fgsm:eps=0.2",
+    "corruption:type=gaussian_noise,severity=3",
+    "ood:source=uniform",
+]
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="fit the detector H and write a bundle")
+    p.add_argument("--model", required=True, help="package.module:factory building the classifier")
+    p.add_argument("--weights", help="state dict file (loaded with weights_only=True)")
+    p.add_argument("--data", required=True, help="clean in-distribution data: npz or image folder")
+    p.add_argument("--stats-data", help="clean labelled data for Mahalanobis statistics")
+    p.add_argument(
+        "--challenge",
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help=f"challenge to fit against (repeatable; default {DEFAULT_CHALLENGES})",
+    )
+    p.add_argument("--out", required=True, type=Path, help="bundle directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.add_argument(
+        "--loss",
+        action="append",
+        choices=available_losses(),
+        default=None,
+        help="confounding loss(es) whose gradient norms are features (default all_ones)",
+    )
+    p.add_argument("--classifier", choices=sorted(CLASSIFIERS), default="logistic")
+    p.add_argument("--strategy", choices=sorted(STRATEGIES), default="per_kind")
+    p.add_argument("--target-fpr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--cache", type=Path, help="directory caching generated challenge sets")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out.exists() and not args.overwrite:
+        raise BundleExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    if not 0 < args.target_fpr < 1:
+        raise CliError(f"--target-fpr must be in (0, 1), got {args.target_fpr}")
+    challenges = parse_challenges(args.challenge or DEFAULT_CHALLENGES)
+    model = load_model(args.model, args.weights, args.device)
+    images, labels = load_labelled(args.data, "--data")
+    check_input_shape(model, images, "--data")
+    stats = load_labelled(args.stats_data, "--stats-data") if args.stats_data else (None, None)
+    result = fit_detector(
+        model,
+        images,
+        labels,
+        challenges,
+        stats_images=stats[0],
+        stats_labels=stats[1],
+        losses=args.loss or ["all_ones"],
+        classifier=args.classifier,
+        strategy=args.strategy,
+        target_fpr=args.target_fpr,
+        seed=args.seed,
+        progress=not args.quiet,
+        cache=SetCache(args.cache),
+    )
+    result.summary["data"] = str(args.data)
+    path = write_bundle(result, model, args.out, overwrite=args.overwrite)
+    det = result.detector
+    print(
+        f"bundle written to {path}: {det.strategy} {det.classifier} H on "
+        f"{result.extractor.schema.__len__()} features; threshold {det.threshold_:.4f} "
+        f"(target FPR {det.target_fpr:.1%}, calibration FPR {det.calibration_fpr_:.1%})"
+    )
+    return 0

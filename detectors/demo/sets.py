@@ -1,0 +1,40 @@
+"""What the demo detector is fitted on and what its report evaluates."""
+
+from __future__ import annotations
+
+from detectors.challenges.corruption import COMMON
+
+#: H sees exactly these at fit time.
+FIT_CHALLENGES: tuple[str, ...] = (
+    "fgsm:eps=0.2",
+    "corruption:type=gaussian_noise,severity=3",
+    "ood:source=uniform",
+)
+
+ATTACKS: tuple[tuple[str, str], ...] = (
+    ("fgsm eps 0.1", "fgsm:eps=0.1"),
+    ("fgsm eps 0.2", "fgsm:eps=0.2"),
+    ("fgsm eps 0.3", "fgsm:eps=0.3"),
+    ("bim", "bim"),
+    ("pgd", "pgd"),
+    ("carlini-wagner l2", "cw"),
+    ("deepfool", "deepfool"),
+    ("square", "square"),
+)
+
+OOD: tuple[tuple[str, str], ...] = (
+    ("uniform noise", "ood:source=uniform"),
+    ("gaussian noise", "ood:source=gaussian"),
+    ("sklearn digits", "ood:source=digits"),
+    ("skimage patches", "ood:source=skimage"),
+)
+
+SEVERITIES: tuple[int, ...] = (1, 3, 5)
+
+
+def report_sets() -> list[tuple[str, str]]:
+    """(name, spec) of every set in the demo report, attacks, corruptions, then OOD."""
+    corruptions = [
+        (f"{c} s{s}", f"corruption:type={c},severity={s}") for c in COMMON for s in SEVERITIES
+    ]
+    return [*ATTACKS, *corruptions, *OOD]

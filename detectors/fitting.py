@@ -1,0 +1,114 @@
+"""Fit H: clean in-distribution inputs versus generated challenges, all through the probe.
+
+Transport-agnostic and CLI-free: ``fit_detector`` takes arrays and challenge objects
+and returns the fitted extractor and detector plus a JSON-ready summary; the CLI and
+the demo builder call it, and ``write_bundle`` stores the result.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from detectors.bundle import model_fingerprint, save_bundle
+from detectors.challenges import Challenge
+from detectors.detector import ReliabilityDetector
+from detectors.features import DEFAULT_LOSSES, FeatureExtractor
+from detectors.setcache import SetCache
+
+
+@dataclass
+class FitResult:
+    """The fitted pieces and what describes them."""
+
+    extractor: FeatureExtractor
+    detector: ReliabilityDetector
+    summary: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_detector(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    challenges: Sequence[Challenge],
+    *,
+    stats_images: np.ndarray | None = None,
+    stats_labels: np.ndarray | None = None,
+    losses: Sequence[str] = DEFAULT_LOSSES,
+    classifier: str = "logistic",
+    strategy: str = "per_kind",
+    target_fpr: float = 0.05,
+    seed: int = 0,
+    batch_size: int = 128,
+    progress: bool = True,
+    cache: SetCache | None = None,
+) -> FitResult:
+    """Fit on clean ``images`` float32 [N, C, H, W] (labels int64 [N]) and one generated
+    set per challenge (made from the same clean images, seeded).
+
+    stats_images/labels: clean labelled data for the Mahalanobis statistics (default:
+    the fit images); better a larger set that H's clean rows are not part of.
+    """
+    if not challenges:
+        raise ValueError("name at least one challenge to fit against")
+    cache = cache or SetCache(None)
+    extractor = FeatureExtractor(model, losses=losses)
+    extractor.fit(
+        stats_images if stats_images is not None else images,
+        stats_labels if stats_labels is not None else labels,
+    )
+    rows = [
+        extractor.extract_images(images, batch_size, _desc(progress, "features clean")).features
+    ]
+    kinds = ["clean"] * len(images)
+    for i, challenge in enumerate(challenges):
+        made = cache.generate(
+            challenge, model, images, labels, seed=seed + 1 + i, progress=progress
+        )
+        rows.append(
+            extractor.extract_images(made, batch_size, _desc(progress, challenge.spec)).features
+        )
+        kinds += [challenge.kind] * len(made)
+    detector = ReliabilityDetector(
+        classifier=classifier,
+        strategy=strategy,
+        target_fpr=target_fpr,
+        log_columns=extractor.log_columns,
+        random_state=seed,
+    ).fit(np.concatenate(rows), np.array(kinds))
+    summary = {
+        "n_clean": len(images),
+        "challenges": [{"spec": c.spec, "kind": c.kind} for c in challenges],
+        "losses": list(losses),
+        "seed": seed,
+        "n_stats": int(len(stats_images) if stats_images is not None else len(images)),
+    }
+    return FitResult(extractor, detector, summary)
+
+
+def write_bundle(
+    result: FitResult, model: nn.Module, path: str | os.PathLike[str], overwrite: bool = False
+) -> Path:
+    """Save the fitted detector with everything needed to recompute its features."""
+    return save_bundle(
+        path,
+        result.detector,
+        feature_schema=result.extractor.schema,
+        feature_spec=result.extractor.to_dict(),
+        model_fingerprint=model_fingerprint(model),
+        loss=result.extractor.losses[0],
+        fit_summary=result.summary,
+        metrics=result.metrics,
+        overwrite=overwrite,
+    )
+
+
+def _desc(progress: bool, what: str) -> str | None:
+    return what if progress else None

@@ -1,0 +1,96 @@
+"""Sentry: a model plus its fitted detector bundle, scoring input batches end to end.
+
+This is the transport-agnostic core the CLI and the service share: features from the
+probe, then H from the bundle's ONNX heads. Loading verifies that the bundle was fitted
+for exactly this model (parameter fingerprint) and this feature schema.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from detectors.bundle import Bundle, load_bundle, model_fingerprint
+from detectors.detector.runtime import Device
+from detectors.features import FeatureExtractor
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """Per-input results for a batch of B inputs.
+
+    logits float32 [B, C]; probabilities float32 [B, C]; score float64 [B] =
+    P(challenging); flagged bool [B] (score ≥ threshold); kind_scores kind -> [B];
+    features float64 [B, F]; timings seconds per stage for the whole batch.
+    """
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    score: np.ndarray
+    flagged: np.ndarray
+    kind_scores: dict[str, np.ndarray]
+    features: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """int64 [B]: the classifier's predicted class."""
+        return self.logits.argmax(1)
+
+    @property
+    def kind(self) -> list[str | None]:
+        """Most likely challenge kind per input (None where the detector has no kinds)."""
+        if not self.kind_scores:
+            return [None] * len(self.score)
+        names = list(self.kind_scores)
+        stacked = np.stack([self.kind_scores[k] for k in names], axis=1)
+        return [names[i] for i in stacked.argmax(1)]
+
+
+class Sentry:
+    """``Sentry.load(model, bundle_dir)``; ``sentry.check(x)`` with x float [B, ...]."""
+
+    def __init__(self, extractor: FeatureExtractor, bundle: Bundle) -> None:
+        self.extractor = extractor
+        self.bundle = bundle
+        self.detector = bundle.detector
+        self.threshold = float(bundle.manifest["threshold"])
+
+    @classmethod
+    def load(
+        cls, model: nn.Module, bundle_dir: str | os.PathLike[str], device: Device = "auto"
+    ) -> Sentry:
+        """Verify and load; BundleError (a ValueError) names any mismatch."""
+        peek = load_bundle(bundle_dir, device=device)
+        extractor = FeatureExtractor.from_dict(model, peek.manifest["feature_spec"])
+        bundle = load_bundle(
+            bundle_dir,
+            model_fingerprint=model_fingerprint(model),
+            feature_schema=extractor.schema,
+            device=device,
+        )
+        return cls(extractor, bundle)
+
+    def check(self, x: torch.Tensor) -> Verdicts:
+        """Score one batch x [B, ...] (on the model's device)."""
+        t0 = time.perf_counter()
+        ext = self.extractor.extract(x)
+        t1 = time.perf_counter()
+        scores = self.detector.scores(ext.features)
+        t2 = time.perf_counter()
+        z = ext.logits - ext.logits.max(1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        return Verdicts(
+            logits=ext.logits,
+            probabilities=probs.astype(np.float32),
+            score=scores.probability,
+            flagged=scores.flagged,
+            kind_scores=scores.kind_scores,
+            features=ext.features,
+            timings={"features": t1 - t0, "detector": t2 - t1},
+        )
