@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # The CPU build of torch; installed first so nothing later can pull a CUDA wheel.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install serve test lint demo report bench clean
+.PHONY: install serve test lint demo report bench clean protos
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (gradsentry needs Python 3.11)"; exit 2; }
@@ -43,6 +43,13 @@ report: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/probe_cost.py
+
+# Python stubs for protos/ into service/_proto/ (committed; a test fails when they are stale).
+# -Iservice/_proto=protos makes generated imports read `from service._proto.gradsentry.v1 ...`.
+PROTOS := protos/gradsentry/v1/reliability.proto
+protos: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iservice/_proto=protos --python_out=. --pyi_out=. \
+	  --grpc_python_out=. $(PROTOS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -4,8 +4,13 @@ For an input batch x [B, ...] one probe pass gives
 - per-parameter squared gradient norms for each confounding loss (the method's core:
   ``all_ones`` by default, optionally more targets, e.g. ``predicted``), and
 - statistics of the same forward pass's output (max softmax, logit margin, entropy,
-  energy, max logit) and, when fitted, the Mahalanobis distance of the penultimate
-  activations (the last Linear layer's input) to the closest class mean.
+  energy, max logit),
+- when fitted on clean labelled data: the Mahalanobis distance to the closest class
+  mean of the activations entering a few layers (the head's input — the penultimate
+  features — and earlier ones, pooled per channel to mean and max), and the
+  "gradient novelty": the Mahalanobis distance of the log gradient-norm vector to the
+  clean vectors of the predicted class — an unsupervised score that does not depend on
+  which challenge kinds H was fitted on.
 Everything needed to recompute the vector is described by ``to_dict()`` (plain JSON),
 which the detector bundle stores; ``schema`` names every column in order.
 """
@@ -23,6 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from detectors.evaluate.baselines.mahalanobis import fit_tied_gaussian, min_class_distance
+from detectors.losses import get_loss
 from detectors.probe import GradientProbe
 
 # name -> logits [B, C] -> [B]
@@ -33,7 +39,7 @@ LOGIT_STATS: dict[str, Callable[[Tensor], Tensor]] = {
     "energy": lambda z: -torch.logsumexp(z, 1),
     "max_logit": lambda z: z.amax(1),
 }
-DEFAULT_LOSSES: tuple[str, ...] = ("all_ones",)
+DEFAULT_LOSSES: tuple[str, ...] = ("all_ones", "predicted")
 DEFAULT_STATS: tuple[str, ...] = tuple(LOGIT_STATS)
 
 
@@ -41,6 +47,26 @@ def head_name(model: nn.Module) -> str | None:
     """Name of the last ``nn.Linear`` in ``model.named_modules()`` order, or None."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     return names[-1] if names else None
+
+
+def default_layers(model: nn.Module, most: int = 6) -> list[str]:
+    """Layers whose input activations get a Mahalanobis feature: up to ``most`` Conv/Linear
+    layers spread evenly after the first (which sees raw pixels), always the head."""
+    names = [
+        n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
+    ]
+    inner = names[1:]
+    if len(inner) > most:
+        inner = [inner[round(i * (len(inner) - 1) / (most - 1))] for i in range(most)]
+    return inner
+
+
+def pool(a: Tensor) -> Tensor:
+    """Activations [B, C, *spatial] -> per-channel mean and max [B, 2C]; [B, D] unchanged."""
+    if a.dim() <= 2:
+        return a.reshape(a.shape[0], -1)
+    flat = a.reshape(a.shape[0], a.shape[1], -1)
+    return torch.cat([flat.mean(2), flat.amax(2)], dim=1)
 
 
 @dataclass(frozen=True)
@@ -51,6 +77,63 @@ class Extracted:
     features: np.ndarray
 
 
+@dataclass
+class Gaussians:
+    """Class means [K, D] and a whitening factor [D, r] of a tied covariance (JSON-able)."""
+
+    means: np.ndarray
+    whitener: np.ndarray
+
+    @classmethod
+    def fit(cls, feats: np.ndarray, labels: np.ndarray) -> Gaussians:
+        _, means, whitener = fit_tied_gaussian(feats, labels)
+        return cls(means, whitener)
+
+    def closest(self, feats: np.ndarray) -> np.ndarray:
+        """[N]: distance to the closest class mean."""
+        return min_class_distance(feats, self.means, self.whitener)
+
+    def to_class(self, feats: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """[N]: distance of row i to the mean of class ``classes[i]``."""
+        diff = (feats - self.means[classes]) @ self.whitener
+        return np.sqrt((diff**2).sum(1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"means": self.means.tolist(), "whitener": self.whitener.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], what: str, width: int | None = None) -> Gaussians:
+        """Rebuild from ``to_dict()``; ValueError unless means [K, D] and whitener [D, r] are
+        finite, non-empty and agree on D (and D == ``width`` when given)."""
+        arrays = []
+        for name in ("means", "whitener"):
+            try:
+                arr = np.asarray(d[name], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"malformed feature spec: {what} {name} is not a matrix of numbers"
+                ) from None
+            if arr.ndim != 2 or 0 in arr.shape or not np.isfinite(arr).all():
+                raise ValueError(
+                    f"malformed feature spec: {what} {name} must be a non-empty finite "
+                    f"matrix, got shape {arr.shape}"
+                )
+            arrays.append(arr)
+        means, whitener = arrays
+        if means.shape[1] != whitener.shape[0] or width not in (None, means.shape[1]):
+            raise ValueError(
+                f"malformed feature spec: {what} means {means.shape} and whitener "
+                f"{whitener.shape} do not fit together"
+                + (f" or the {width} features they describe" if width is not None else "")
+            )
+        return cls(means, whitener)
+
+
+LOG_FLOOR = 1e-30
+#: Layers whose pooled input is wider than this get no activation feature.
+MAX_ACTIVATION_DIM = 512
+
+
 class FeatureExtractor:
     """Model + input batch -> the feature vector H is fitted on.
 
@@ -58,7 +141,10 @@ class FeatureExtractor:
         model: the classifier in eval mode (input [B, ...], logits [B, C]).
         losses: confounding losses whose per-parameter norms are features.
         logit_stats: names from ``LOGIT_STATS``.
-        mahalanobis: add the penultimate Mahalanobis distance (needs ``fit``).
+        layers: modules whose input activations get a Mahalanobis feature (needs
+            ``fit``; inputs wider than ``MAX_ACTIVATION_DIM`` after pooling are dropped
+            there); None picks ``default_layers(model)``, () none.
+        novelty: add the gradient-novelty feature (needs ``fit``).
         params: parameter names for the probe (default: all trainable).
     """
 
@@ -67,7 +153,8 @@ class FeatureExtractor:
         model: nn.Module,
         losses: Sequence[str] = DEFAULT_LOSSES,
         logit_stats: Sequence[str] = DEFAULT_STATS,
-        mahalanobis: bool = True,
+        layers: Sequence[str] | None = None,
+        novelty: bool = True,
         params: Sequence[str] | None = None,
     ) -> None:
         unknown = [s for s in logit_stats if s not in LOGIT_STATS]
@@ -75,18 +162,27 @@ class FeatureExtractor:
             raise ValueError(f"unknown logit statistic(s) {unknown}; known: {list(LOGIT_STATS)}")
         if not losses:
             raise ValueError("at least one confounding loss is needed")
+        for loss in losses:
+            get_loss(loss)  # an unknown name fails here, not at the first batch
         self.model = model
         self.losses = tuple(losses)
         self.logit_stats = tuple(logit_stats)
-        self.mahalanobis = mahalanobis
+        self.layers = tuple(default_layers(model) if layers is None else layers)
+        for name in self.layers:
+            try:
+                model.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"layer {name!r} is not a submodule of the model") from None
+        self.novelty = novelty
         self.probe = GradientProbe(model, params=params)
-        self.head = head_name(model) if mahalanobis else None
-        if mahalanobis and self.head is None:
-            raise ValueError("mahalanobis=True needs a final nn.Linear layer; the model has none")
-        self.means_: np.ndarray | None = None
-        self.whitener_: np.ndarray | None = None
+        self.layer_stats_: dict[str, Gaussians] | None = None
+        self.novelty_stats_: Gaussians | None = None
 
     # -- description ----------------------------------------------------------------------
+
+    @property
+    def needs_fit(self) -> bool:
+        return bool(self.layers) or self.novelty
 
     @property
     def schema(self) -> list[dict[str, Any]]:
@@ -107,15 +203,12 @@ class FeatureExtractor:
             {"name": f"logit/{s}", "group": "logit", "shape": [], "log": False}
             for s in self.logit_stats
         ]
-        if self.mahalanobis:
-            cols.append(
-                {
-                    "name": "penultimate/mahalanobis",
-                    "group": "penultimate",
-                    "shape": [],
-                    "log": True,
-                }
-            )
+        cols += [
+            {"name": f"activation/{n}/mahalanobis", "group": "activation", "shape": [], "log": True}
+            for n in self.layers
+        ]
+        if self.novelty:
+            cols.append({"name": "gradient/novelty", "group": "novelty", "shape": [], "log": True})
         return cols
 
     @property
@@ -124,101 +217,117 @@ class FeatureExtractor:
         return np.array([c["log"] for c in self.schema])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable description, including the fitted Mahalanobis statistics."""
-        out: dict[str, Any] = {
+        """JSON-serialisable description, including the fitted statistics."""
+        self._check_fitted()
+        return {
             "losses": list(self.losses),
             "params": list(self.probe.feature_names),
             "logit_stats": list(self.logit_stats),
-            "mahalanobis": None,
+            "layers": {n: g.to_dict() for n, g in (self.layer_stats_ or {}).items()},
+            "novelty": self.novelty_stats_.to_dict() if self.novelty_stats_ else None,
         }
-        if self.mahalanobis:
-            self._check_fitted()
-            out["mahalanobis"] = {
-                "head": self.head,
-                "means": self.means_.tolist(),  # type: ignore[union-attr]
-                "whitener": self.whitener_.tolist(),  # type: ignore[union-attr]
-            }
-        return out
 
     @classmethod
     def from_dict(cls, model: nn.Module, spec: dict[str, Any]) -> FeatureExtractor:
         """Rebuild from ``to_dict()`` output for ``model``; ValueError on a malformed spec."""
         try:
-            maha = spec["mahalanobis"]
-            ext = cls(model, spec["losses"], spec["logit_stats"], maha is not None, spec["params"])
-            if maha is not None:
-                if maha["head"] != ext.head:
-                    raise ValueError(f"head {maha['head']!r} is not the model's last Linear")
-                ext.means_ = np.asarray(maha["means"], dtype=np.float64)
-                ext.whitener_ = np.asarray(maha["whitener"], dtype=np.float64)
-        except (KeyError, TypeError) as exc:
+            layers = spec["layers"]
+            ext = cls(
+                model,
+                spec["losses"],
+                spec["logit_stats"],
+                list(layers),
+                spec["novelty"] is not None,
+                spec["params"],
+            )
+            ext.layer_stats_ = {
+                n: Gaussians.from_dict(d, f"layer {n!r}") for n, d in layers.items()
+            }
+            if spec["novelty"] is not None:
+                ext.novelty_stats_ = Gaussians.from_dict(
+                    spec["novelty"], "novelty", width=len(ext.losses) * ext.probe.num_features
+                )
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed feature spec: missing or bad field {exc}") from None
         return ext
 
     # -- fitting and extraction -----------------------------------------------------------
 
     def fit(
-        self, images: np.ndarray, labels: np.ndarray, batch_size: int = 256
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int = 128,
+        progress: str | None = None,
     ) -> FeatureExtractor:
-        """Fit the Mahalanobis statistics on clean images float32 [N, ...] with labels [N]."""
-        if not self.mahalanobis:
+        """Fit the activation and novelty statistics on clean images [N, ...], labels [N]."""
+        if not self.needs_fit:
             return self
-        feats = []
-        capture: dict[str, Tensor] = {}
-        head = self.model.get_submodule(self.head)  # type: ignore[arg-type]
-        handle = head.register_forward_pre_hook(lambda _m, a: capture.__setitem__("a", a[0]))
-        try:
-            with torch.no_grad():
-                for x in _batches(images, batch_size, self._device()):
-                    self.model(x)
-                    feats.append(capture["a"].double().cpu().numpy())
-        finally:
-            handle.remove()
-        _, self.means_, self.whitener_ = fit_tied_gaussian(np.concatenate(feats), labels)
+        grads, acts, preds = [], {n: [] for n in self.layers}, []
+        for x in self._iterate(images, batch_size, progress):
+            out = self.probe.run(x, losses=self.losses, capture=self.layers)
+            if not preds:  # wide activations make huge, ill-conditioned covariances: skip
+                self.layers = tuple(
+                    n for n in self.layers if pool(out.captured[n]).shape[1] <= MAX_ACTIVATION_DIM
+                )
+                acts = {n: acts[n] for n in self.layers}
+            grads.append(self._grad_block(out))
+            preds.append(out.logits.argmax(1).cpu().numpy())
+            for n in self.layers:
+                acts[n].append(pool(out.captured[n]).double().cpu().numpy())
+        self.layer_stats_ = {n: Gaussians.fit(np.concatenate(a), labels) for n, a in acts.items()}
+        if self.novelty:
+            # Grouped by the *predicted* class: that is all serving time will know.
+            self.novelty_stats_ = Gaussians.fit(_log(np.concatenate(grads)), np.concatenate(preds))
         return self
 
     def extract(self, x: Tensor) -> Extracted:
         """x: float [B, ...] on the model's device -> logits and features."""
-        if self.mahalanobis:
-            self._check_fitted()
-        out = self.probe.run(x, losses=self.losses, capture=[self.head] if self.head else [])
-        logits = out.logits
-        parts = [out.features[loss].double() for loss in self.losses]
-        parts += [LOGIT_STATS[s](logits.double()).unsqueeze(1) for s in self.logit_stats]
-        feats = torch.cat(parts, dim=1).cpu().numpy()
-        if self.mahalanobis:
-            pen = out.captured[self.head].reshape(x.shape[0], -1).double().cpu().numpy()
-            dist = min_class_distance(pen, self.means_, self.whitener_)  # type: ignore[arg-type]
-            feats = np.concatenate([feats, dist[:, None]], axis=1)
-        return Extracted(logits.float().cpu().numpy(), feats)
+        self._check_fitted()
+        out = self.probe.run(x, losses=self.losses, capture=self.layers)
+        logits = out.logits.double()
+        grads = self._grad_block(out)
+        parts = [
+            grads,
+            torch.stack([LOGIT_STATS[s](logits) for s in self.logit_stats], 1).cpu().numpy()
+            if self.logit_stats
+            else np.zeros((len(grads), 0)),
+        ]
+        for n in self.layers:
+            pooled = pool(out.captured[n]).double().cpu().numpy()
+            parts.append(self.layer_stats_[n].closest(pooled)[:, None])  # type: ignore[index]
+        if self.novelty:
+            pred = out.logits.argmax(1).cpu().numpy()
+            parts.append(self.novelty_stats_.to_class(_log(grads), pred)[:, None])  # type: ignore[union-attr]
+        return Extracted(out.logits.float().cpu().numpy(), np.concatenate(parts, axis=1))
 
     def extract_images(
         self, images: np.ndarray, batch_size: int = 128, progress: str | None = None
     ) -> Extracted:
         """images float32 [N, ...] -> logits [N, C], features [N, F], in batches."""
-        chunks = [
-            self.extract(x)
-            for x in tqdm(
-                _batches(images, batch_size, self._device()),
-                total=-(-len(images) // batch_size),
-                desc=progress,
-                disable=progress is None,
-                leave=False,
-            )
-        ]
+        chunks = [self.extract(x) for x in self._iterate(images, batch_size, progress)]
         return Extracted(
             np.concatenate([c.logits for c in chunks]), np.concatenate([c.features for c in chunks])
         )
 
-    def _device(self) -> torch.device:
+    def _grad_block(self, out: Any) -> np.ndarray:
+        return torch.cat([out.features[loss].double() for loss in self.losses], 1).cpu().numpy()
+
+    def _iterate(self, images: np.ndarray, batch_size: int, progress: str | None):
         p = next(self.model.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
+        device = p.device if p is not None else torch.device("cpu")
+        starts = range(0, len(images), batch_size)
+        for i in tqdm(starts, desc=progress, disable=progress is None, leave=False):
+            yield torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
 
     def _check_fitted(self) -> None:
-        if self.means_ is None or self.whitener_ is None:
-            raise ValueError("the Mahalanobis feature is not fitted: call fit() on clean data")
+        if (self.layers and self.layer_stats_ is None) or (
+            self.novelty and self.novelty_stats_ is None
+        ):
+            raise ValueError(
+                "the activation/novelty features are not fitted: call fit() on clean data"
+            )
 
 
-def _batches(images: np.ndarray, batch_size: int, device: torch.device):
-    for i in range(0, len(images), batch_size):
-        yield torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
+def _log(x: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(x, LOG_FLOOR))

@@ -45,6 +45,7 @@ def fit_detector(
     classifier: str = "logistic",
     strategy: str = "per_kind",
     target_fpr: float = 0.05,
+    calibration_fraction: float = 0.5,
     seed: int = 0,
     batch_size: int = 128,
     progress: bool = True,
@@ -53,16 +54,29 @@ def fit_detector(
     """Fit on clean ``images`` float32 [N, C, H, W] (labels int64 [N]) and one generated
     set per challenge (made from the same clean images, seeded).
 
-    stats_images/labels: clean labelled data for the Mahalanobis statistics (default:
-    the fit images); better a larger set that H's clean rows are not part of.
+    stats_images/labels: clean labelled data for the feature statistics (activation and
+    gradient-novelty distances). Without them, a seeded half of ``images`` fits the
+    statistics and the other half is H's clean data: statistics fitted on H's own clean
+    rows make those rows look cleaner than any fresh input, and the calibrated threshold
+    would then flag far more clean traffic than the target rate.
+    calibration_fraction: share of H's clean rows held out to calibrate the threshold.
     """
     if not challenges:
         raise ValueError("name at least one challenge to fit against")
     cache = cache or SetCache(None)
+    if stats_images is None:
+        order = np.random.default_rng(seed).permutation(len(images))
+        half = len(images) // 2
+        stats_images, stats_labels = images[order[:half]], labels[order[:half]]
+        images, labels = images[order[half:]], labels[order[half:]]
+    elif stats_labels is None:
+        raise ValueError("stats_images need stats_labels")
     extractor = FeatureExtractor(model, losses=losses)
     extractor.fit(
-        stats_images if stats_images is not None else images,
-        stats_labels if stats_labels is not None else labels,
+        stats_images,
+        stats_labels,
+        batch_size=batch_size,
+        progress=_desc(progress, "feature statistics"),
     )
     rows = [
         extractor.extract_images(images, batch_size, _desc(progress, "features clean")).features
@@ -80,6 +94,7 @@ def fit_detector(
         classifier=classifier,
         strategy=strategy,
         target_fpr=target_fpr,
+        calibration_fraction=calibration_fraction,
         log_columns=extractor.log_columns,
         random_state=seed,
     ).fit(np.concatenate(rows), np.array(kinds))
@@ -88,7 +103,7 @@ def fit_detector(
         "challenges": [{"spec": c.spec, "kind": c.kind} for c in challenges],
         "losses": list(losses),
         "seed": seed,
-        "n_stats": int(len(stats_images) if stats_images is not None else len(images)),
+        "n_stats": len(stats_images),
     }
     return FitResult(extractor, detector, summary)
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detectors.bundle import Bundle, load_bundle, model_fingerprint
+from detectors.bundle import Bundle, BundleFormatError, load_bundle, model_fingerprint
 from detectors.detector.runtime import Device
 from detectors.features import FeatureExtractor
 
@@ -66,11 +66,17 @@ class Sentry:
         cls, model: nn.Module, bundle_dir: str | os.PathLike[str], device: Device = "auto"
     ) -> Sentry:
         """Verify and load; BundleError (a ValueError) names any mismatch."""
-        peek = load_bundle(bundle_dir, device=device)
-        extractor = FeatureExtractor.from_dict(model, peek.manifest["feature_spec"])
+        # The fingerprint is checked first: another model's bundle is refused as such,
+        # not with whatever its feature spec happens to trip over on this model.
+        fingerprint = model_fingerprint(model)
+        peek = load_bundle(bundle_dir, model_fingerprint=fingerprint, device=device)
+        try:
+            extractor = FeatureExtractor.from_dict(model, peek.manifest["feature_spec"])
+        except ValueError as exc:  # the manifest is user input: report it as a bad bundle
+            raise BundleFormatError(f"{peek.path.name}: feature_spec: {exc}") from None
         bundle = load_bundle(
             bundle_dir,
-            model_fingerprint=model_fingerprint(model),
+            model_fingerprint=fingerprint,
             feature_schema=extractor.schema,
             device=device,
         )

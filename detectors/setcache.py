@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,6 @@ class SetCache:
 
     def __init__(self, directory: str | os.PathLike[str] | None) -> None:
         self.directory = Path(directory) if directory is not None else None
-        self._fingerprints: dict[int, str] = {}
 
     def generate(
         self,
@@ -44,8 +44,8 @@ class SetCache:
                     cached = data["images"]
                 if cached.shape == images.shape and cached.dtype == np.float32:
                     return cached
-            except (OSError, ValueError, KeyError):
-                pass  # unreadable: regenerate below
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                pass  # unreadable (empty, truncated, not an npz): regenerate below
         ctx = ChallengeContext(images, labels, model, seed, progress=progress)
         made = challenge.generate(ctx)
         if path is not None:
@@ -61,7 +61,9 @@ class SetCache:
     ) -> Path | None:
         if self.directory is None:
             return None
-        fp = self._fingerprints.setdefault(id(model), model_fingerprint(model))
+        # Hashed on every call, not memoised per model object: weights updated in place
+        # (or a new model reusing a freed object's id) must not hit sets of old weights.
+        fp = model_fingerprint(model)
         h = hashlib.sha256()
         for part in (challenge.spec, str(seed), fp, str(images.shape)):
             h.update(part.encode() + b"\0")

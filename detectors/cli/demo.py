@@ -19,6 +19,7 @@ import torch
 from detectors.challenges import parse_spec
 from detectors.cli.common import CliError
 from detectors.demo import ARTIFACTS, load_demo_model
+from detectors.demo.bars import check_bars, format_bars
 from detectors.demo.sets import FIT_CHALLENGES, report_sets
 from detectors.demo.train import accuracy, load_mnist_npz, train_classifier
 from detectors.evaluate.run import EvalSet, evaluate
@@ -42,6 +43,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--report", type=Path, default=Path("docs/demo"), help="where report writes")
     p.add_argument("--cache", type=Path, default=Path(".cache/sets"))
     p.add_argument("--limit", type=int, help="evaluate on the first N test digits only")
+    p.add_argument(
+        "--keep-model",
+        action="store_true",
+        help="build: refit only the detector, on the committed classifier",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run)
 
@@ -59,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
 
 def build(splits: dict, args: argparse.Namespace) -> int:
     progress = not args.quiet
-    model = train_classifier(splits["classifier"], progress=progress)
+    if args.keep_model:
+        model = load_demo_model(args.artifacts)
+    else:
+        model = train_classifier(splits["classifier"], progress=progress)
     test_acc = accuracy(model, splits["test"])
     det = splits["detector"]
     result = fit_detector(
@@ -120,5 +129,7 @@ def report(splits: dict, args: argparse.Namespace) -> int:
         },
     )
     files = rep.write(args.report)
-    print(f"demo report written: {files.markdown}")
+    table = format_bars(check_bars(rep.to_dict()))
+    (args.report / "bars.md").write_text(f"# Demo bars\n\n{table}\n", encoding="utf-8")
+    print(f"demo report written: {files.markdown}\n\n{table}")
     return 0

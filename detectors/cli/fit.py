@@ -14,6 +14,7 @@ from detectors.cli.common import (
     parse_challenges,
 )
 from detectors.detector import CLASSIFIERS, STRATEGIES
+from detectors.features import DEFAULT_LOSSES
 from detectors.fitting import fit_detector, write_bundle
 from detectors.losses import available_losses
 from detectors.setcache import SetCache
@@ -30,7 +31,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--model", required=True, help="package.module:factory building the classifier")
     p.add_argument("--weights", help="state dict file (loaded with weights_only=True)")
     p.add_argument("--data", required=True, help="clean in-distribution data: npz or image folder")
-    p.add_argument("--stats-data", help="clean labelled data for Mahalanobis statistics")
+    p.add_argument(
+        "--stats-data",
+        help="clean labelled data for the feature statistics "
+        "(default: half of --data; the other half fits H)",
+    )
     p.add_argument(
         "--challenge",
         action="append",
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         challenges,
         stats_images=stats[0],
         stats_labels=stats[1],
-        losses=args.loss or ["all_ones"],
+        losses=args.loss or DEFAULT_LOSSES,
         classifier=args.classifier,
         strategy=args.strategy,
         target_fpr=args.target_fpr,

@@ -25,28 +25,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
         module.add_parser(sub, name)
-    serve = sub.add_parser("serve", help="run the gRPC sidecar (not yet available)")
-    serve.add_argument("--config", help="YAML config file")
-    serve.set_defaults(run=_serve_not_yet)
     return parser
 
 
-def _serve_not_yet(args: argparse.Namespace) -> int:
-    print(
-        "gradsentry serve: the gRPC sidecar is not part of this release yet; "
-        "`gradsentry fit` / `gradsentry eval` work offline today.",
-        file=sys.stderr,
-    )
-    return 2
+#: Errors that are the user's to fix: one line, exit code 2.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    CliError,
+    DataError,
+    ChallengeError,
+    BundleError,
+    ProbeError,
+)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``gradsentry`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+def main(
+    argv: list[str] | None = None,
+    parser: argparse.ArgumentParser | None = None,
+    user_errors: tuple[type[Exception], ...] = USER_ERRORS,
+) -> int:
+    """Parse ``argv`` and run the chosen subcommand; returns the exit code.
+
+    The service package passes a parser extended with its own subcommands (and their
+    error types), so the library never imports the service.
+    """
+    args = (parser or build_parser()).parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning, module="art")
     try:
         return int(args.run(args) or 0)
-    except (CliError, DataError, ChallengeError, BundleError, ProbeError) as exc:
+    except user_errors as exc:
         print(f"gradsentry {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from detectors.challenges import Challenge
@@ -75,6 +76,13 @@ def evaluate(
 
     clean_scores, clean_pred = score_all(images, "clean")
     clean = CleanScores(clean_scores, float((clean_pred == labels).mean()))
+    # The operating point users get: how often clean inputs are flagged at the threshold.
+    meta = {
+        **dict(meta or {}),
+        "threshold": sentry.threshold,
+        "target_fpr": float(sentry.bundle.manifest["target_fpr"]),
+        "clean_false_positive_rate": float((clean_scores[PRIMARY] >= sentry.threshold).mean()),
+    }
     results = []
     for i, s in enumerate(sets):
         made = cache.generate(s.challenge, model, images, labels, seed=seed + i, progress=progress)
@@ -91,11 +99,9 @@ def evaluate(
                 accuracy=None if is_ood else float(1 - wrong.mean()),
             )
         )
-    return build_report(clean, results, primary=PRIMARY, meta=dict(meta or {}))
+    return build_report(clean, results, primary=PRIMARY, meta=meta)
 
 
-def _tensor(x: np.ndarray, model):
-    import torch
-
+def _tensor(x: np.ndarray, model: torch.nn.Module) -> torch.Tensor:
     p = next(model.parameters())
     return torch.from_numpy(np.ascontiguousarray(x)).to(p.device)

@@ -1,0 +1,1 @@
+"""Generated code for the gradsentry proto package (see service._proto)."""

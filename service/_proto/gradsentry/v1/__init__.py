@@ -1,0 +1,1 @@
+"""Generated code for gradsentry.v1 (see service._proto)."""

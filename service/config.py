@@ -1,0 +1,202 @@
+"""The server's one typed configuration: defaults, then a YAML file, then GRADSENTRY_* env.
+
+``load_config(path, environ)`` builds a frozen ``ServerConfig`` once at start-up. The YAML
+file is a flat mapping of field names (see ``ServerConfig``); each environment variable
+``GRADSENTRY_<FIELD>`` (upper case) overrides its field and is parsed as a YAML scalar or
+flow sequence (``GRADSENTRY_INPUT_SHAPE="[3, 32, 32]"``). Unknown keys, unknown
+``GRADSENTRY_*`` variables and ill-typed values raise ``ConfigError`` naming the key.
+Relative paths in a file are resolved against the file's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from detectors.demo import ARTIFACTS
+from service.spec import InputSpec, SpecError
+
+ENV_PREFIX = "GRADSENTRY_"
+# GRADSENTRY_* variables that are not fields (read by launchers, not by load_config).
+ENV_NOT_FIELDS = frozenset({"GRADSENTRY_CONFIG"})
+DEVICES = ("auto", "cpu", "cuda")
+_PATH_FIELDS = ("model_weights", "bundle")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the sidecar needs to start; defaults serve the bundled demo locally.
+
+    Model: ``model_factory`` ("module:callable" returning an ``nn.Module``) built, then
+    ``model_weights`` loaded into it with ``torch.load(weights_only=True)``; ``bundle`` is the
+    detector bundle fitted for that model. Input: ``input_shape`` (C, H, W),
+    ``input_dtype``, ``input_range`` (min, max), optional per-channel ``input_mean`` /
+    ``input_std`` applied by the server, class ``labels``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9464
+    max_batch_size: int = 32
+    max_delay_ms: float = 5.0
+    queue_size: int = 256
+    device: str = "auto"
+    model_factory: str = "detectors.demo.model:build_model"
+    model_weights: str = str(ARTIFACTS / "model.pt")
+    bundle: str = str(ARTIFACTS / "bundle")
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    input_dtype: str = "float32"
+    input_range: tuple[float, ...] = (0.0, 1.0)
+    input_mean: tuple[float, ...] = ()
+    input_std: tuple[float, ...] = ()
+    labels: tuple[str, ...] = tuple(str(d) for d in range(10))
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_workers: int = 8
+    grace_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("port", "metrics_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise ConfigError(f"{name}: must be a port number in 0..65535, got {value}")
+        for name in ("max_batch_size", "queue_size", "max_message_bytes", "max_workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("max_delay_ms", "grace_seconds"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name}: must be a finite number >= 0, got {value}")
+        base = self.device.split(":", 1)[0]
+        if base not in DEVICES or (":" in self.device and base != "cuda"):
+            raise ConfigError(
+                f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
+            )
+        if ":" not in self.model_factory:
+            raise ConfigError(
+                "model_factory: must look like 'package.module:callable', "
+                f"got {self.model_factory!r}"
+            )
+        if len(self.input_range) != 2:
+            raise ConfigError(f"input_range: must be [min, max], got {list(self.input_range)}")
+        try:
+            self.input_spec()
+        except SpecError as exc:
+            raise ConfigError(f"input: {exc}") from exc
+
+    def input_spec(self) -> InputSpec:
+        """The model's InputSpec from the input_* fields and labels."""
+        if len(self.input_shape) != 3:
+            raise SpecError(f"input_shape must be [C, H, W], got {list(self.input_shape)}")
+        c, h, w = self.input_shape
+        lo, hi = self.input_range
+        return InputSpec(
+            shape=(c, h, w),
+            dtype=self.input_dtype,
+            value_range=(lo, hi),
+            mean=self.input_mean,
+            std=self.input_std,
+            labels=self.labels,
+        )
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Defaults, overridden by the YAML file at ``path`` (if any), then by ``environ``
+    (``os.environ`` when None)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read_file(Path(path)))
+    env = os.environ if environ is None else environ
+    values.update(_read_env(env))
+    return build_config(values)
+
+
+def build_config(values: Mapping[str, Any]) -> ServerConfig:
+    """ServerConfig from raw (YAML-typed) values, checking every key and type."""
+    hints = get_type_hints(ServerConfig)
+    kwargs: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key not in hints:
+            raise ConfigError(f"{key}: unknown key; known keys are {sorted(hints)}")
+        kwargs[key] = _coerce(key, raw, hints[key])
+    return ServerConfig(**kwargs)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    for key in _PATH_FIELDS:
+        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+            data[key] = str((path.parent / data[key]).resolve())
+    return {str(k): v for k, v in data.items()}
+
+
+def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(ServerConfig)}
+    out: dict[str, Any] = {}
+    for var, text in environ.items():
+        if not var.startswith(ENV_PREFIX) or var in ENV_NOT_FIELDS:
+            continue
+        key = var[len(ENV_PREFIX) :].lower()
+        if key not in names:
+            raise ConfigError(f"{var}: unknown setting; known keys are {sorted(names)}")
+        if get_type_hints(ServerConfig)[key] is str:
+            out[key] = text  # keep "0123"-like strings as typed
+            continue
+        try:
+            out[key] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{var}: cannot parse {text!r}: {exc}") from exc
+    return out
+
+
+def _coerce(key: str, raw: Any, hint: Any) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        hint = next(a for a in get_args(hint) if a is not type(None))
+        origin = get_origin(hint)
+    if origin is tuple:
+        (item,) = {a for a in get_args(hint) if a is not Ellipsis}
+        if not isinstance(raw, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {raw!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(raw))
+    if hint is bool:
+        if not isinstance(raw, bool):
+            raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+        return raw
+    if hint is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ConfigError(f"{key}: expected an integer, got {raw!r}")
+        return raw
+    if hint is float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {raw!r}")
+        return float(raw)
+    if hint is str:
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            raise ConfigError(f"{key}: expected a string, got {raw!r}")
+        return str(raw)
+    raise ConfigError(f"{key}: unsupported type {hint!r}")  # pragma: no cover

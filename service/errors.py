@@ -1,0 +1,19 @@
+"""Domain errors the servicer raises; ``service.interceptors`` maps each to a status code."""
+
+from __future__ import annotations
+
+
+class ClientError(ValueError):
+    """The client's request is malformed (INVALID_ARGUMENT); the message says how."""
+
+
+class QueueFullError(RuntimeError):
+    """The server cannot take more work now (RESOURCE_EXHAUSTED)."""
+
+
+class NotReadyError(RuntimeError):
+    """The model is still loading or warming up (FAILED_PRECONDITION)."""
+
+
+class DrainingError(RuntimeError):
+    """The server is shutting down (UNAVAILABLE)."""

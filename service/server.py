@@ -1,0 +1,126 @@
+"""The gRPC server: Reliability + grpc.health.v1 + reflection, with graceful drain.
+
+``create_server(config)`` loads the model and bundle, starts listening (health
+NOT_SERVING), runs a warm-up batch and only then reports SERVING; tests bind port 0 and
+read the real port from its return value. ``serve(config)`` blocks until SIGTERM/SIGINT,
+then reports NOT_SERVING, refuses new calls and stops with ``config.grace_seconds`` for
+calls in flight. ``main(argv)`` is the command-line entry (``--config FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service._proto.gradsentry.v1 import reliability_pb2 as pb
+from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
+from service.config import ServerConfig, load_config
+from service.interceptors import ErrorInterceptor
+from service.loader import build_pipeline
+from service.servicer import ReliabilityServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reliability"].full_name
+
+
+class BindError(RuntimeError):
+    """The server could not listen on the configured address."""
+
+
+@dataclass
+class SentryServer:
+    """A started server and the parts a graceful stop needs."""
+
+    grpc_server: grpc.Server
+    health: health.HealthServicer
+    servicer: ReliabilityServicer
+    port: int
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """NOT_SERVING for health checks, refuse new Reliability calls, then stop with
+        ``grace`` seconds for calls in flight. Returns an event set when fully stopped."""
+        self.servicer.draining.set()
+        self.health.enter_graceful_shutdown()
+        return self.grpc_server.stop(grace)
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until the server stops (or ``timeout``); True if it timed out."""
+        return self.grpc_server.wait_for_termination(timeout)
+
+
+def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
+    """Load, listen on ``config.host:config.port`` (0 picks a free port), warm up, SERVING."""
+    pipeline = build_pipeline(config)
+    servicer = ReliabilityServicer(pipeline)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="grpc"),
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ],
+    )
+    pb_grpc.add_ReliabilityServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{config.host}:{config.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise BindError(f"cannot listen on {address}: {exc}") from exc
+    if port == 0:
+        raise BindError(f"cannot listen on {address}")
+    server.start()
+    try:
+        pipeline.warm_up()
+    except BaseException:
+        server.stop(None)
+        raise
+    servicer.ready.set()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("gradsentry serving %s on %s:%d", SERVICE_NAME, config.host, port)
+    return SentryServer(server, health_servicer, servicer, port), port
+
+
+def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then drain gracefully (must run in the main thread)."""
+    running, _ = create_server(config)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: draining for up to %.1f s", signum, config.grace_seconds)
+        running.stop(config.grace_seconds)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    running.wait_for_termination()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``--config FILE`` (optional; GRADSENTRY_* variables override it) -> serve."""
+    parser = argparse.ArgumentParser(prog="gradsentry serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", metavar="FILE", help="YAML config file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    serve(load_config(args.config))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
