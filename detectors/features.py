@@ -17,8 +17,9 @@ which the detector bundle stores; ``schema`` names every column in order.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -71,10 +72,12 @@ def pool(a: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Extracted:
-    """logits float32 [B, C]; features float64 [B, F]."""
+    """logits float32 [B, C]; features float64 [B, F]; timings: seconds per stage
+    ("forward", "backward" = confounding backward + per-layer norms, "statistics")."""
 
     logits: np.ndarray
     features: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -285,6 +288,7 @@ class FeatureExtractor:
         """x: float [B, ...] on the model's device -> logits and features."""
         self._check_fitted()
         out = self.probe.run(x, losses=self.losses, capture=self.layers)
+        t0 = time.perf_counter()
         logits = out.logits.double()
         grads = self._grad_block(out)
         parts = [
@@ -299,7 +303,9 @@ class FeatureExtractor:
         if self.novelty:
             pred = out.logits.argmax(1).cpu().numpy()
             parts.append(self.novelty_stats_.to_class(_log(grads), pred)[:, None])  # type: ignore[union-attr]
-        return Extracted(out.logits.float().cpu().numpy(), np.concatenate(parts, axis=1))
+        feats = np.concatenate(parts, axis=1)
+        timings = {**out.timings, "statistics": time.perf_counter() - t0}
+        return Extracted(out.logits.float().cpu().numpy(), feats, timings)
 
     def extract_images(
         self, images: np.ndarray, batch_size: int = 128, progress: str | None = None

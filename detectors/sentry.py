@@ -26,7 +26,9 @@ class Verdicts:
 
     logits float32 [B, C]; probabilities float32 [B, C]; score float64 [B] =
     P(challenging); flagged bool [B] (score ≥ threshold); kind_scores kind -> [B];
-    features float64 [B, F]; timings seconds per stage for the whole batch.
+    features float64 [B, F]; timings: seconds per stage for the whole batch — "forward",
+    "backward" (confounding backward + per-layer norms), "statistics" (logit and
+    distance features) and "detector" (H).
     """
 
     logits: np.ndarray
@@ -84,7 +86,6 @@ class Sentry:
 
     def check(self, x: torch.Tensor) -> Verdicts:
         """Score one batch x [B, ...] (on the model's device)."""
-        t0 = time.perf_counter()
         ext = self.extractor.extract(x)
         t1 = time.perf_counter()
         scores = self.detector.scores(ext.features)
@@ -98,5 +99,5 @@ class Sentry:
             flagged=scores.flagged,
             kind_scores=scores.kind_scores,
             features=ext.features,
-            timings={"features": t1 - t0, "detector": t2 - t1},
+            timings={**ext.timings, "detector": t2 - t1},
         )

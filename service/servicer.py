@@ -69,7 +69,9 @@ def to_response(
         timings=pb.Timings(
             decode_seconds=decode_seconds,
             queue_seconds=result.timings.get("queue", 0.0),
-            features_seconds=result.timings.get("features", 0.0),
+            forward_seconds=result.timings.get("forward", 0.0),
+            backward_seconds=result.timings.get("backward", 0.0),
+            statistics_seconds=result.timings.get("statistics", 0.0),
             detector_seconds=result.timings.get("detector", 0.0),
         ),
     )

@@ -12,6 +12,7 @@ downstream (``ReLU(inplace)``, ``out += identity``) cannot corrupt what the laye
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,12 +61,14 @@ class ProbeOutput:
     """What one probe pass produced.
 
     logits: [B, C]; features: loss name -> [B, L]; captured: module name -> its first
-    input [B, ...] (e.g. the penultimate activations feeding the last Linear).
+    input [B, ...] (e.g. the penultimate activations feeding the last Linear); timings:
+    seconds spent in the forward pass and in the backward passes with their norms.
     """
 
     logits: Tensor
     features: dict[str, Tensor]
     captured: dict[str, Tensor]
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _owner_of(model: nn.Module) -> dict[str, tuple[str, nn.Module, str]]:
@@ -180,7 +183,9 @@ class GradientProbe:
         try:
             with torch.enable_grad():
                 self._hooks_active = True
+                t0 = time.perf_counter()
                 logits = self.model(x.detach())
+                t1 = time.perf_counter()
                 self._hooks_active = False
                 if (
                     not isinstance(logits, Tensor)
@@ -196,13 +201,15 @@ class GradientProbe:
                     torch.autograd.grad(
                         fn(logits).sum(), anchor, retain_graph=k < len(loss_fns) - 1
                     )
+                t2 = time.perf_counter()
         finally:
             self._hooks_active = False
             for h in handles:
                 h.remove()
             for u in self._units:
                 u.args, u.kwargs, u.versions = None, {}, ()
-        return ProbeOutput(logits.detach(), feats, captured)
+        timings = {"forward": t1 - t0, "backward": t2 - t1}
+        return ProbeOutput(logits.detach(), feats, captured, timings)
 
     # -- hooks ---------------------------------------------------------------------------
 

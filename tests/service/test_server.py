@@ -78,7 +78,9 @@ def test_options_request_ids_and_timings(stub: pb_grpc.ReliabilityStub, samples,
     assert len(plain.probabilities) == 0 and len(plain.features) == 0
     assert plain.request_id and (("x-request-id", plain.request_id) in call.initial_metadata())
     assert plain.threshold == pytest.approx(sentry.threshold)
-    assert plain.timings.features_seconds > 0 and plain.timings.decode_seconds > 0
+    assert plain.timings.decode_seconds > 0
+    assert plain.timings.forward_seconds > 0 and plain.timings.backward_seconds > 0
+    assert plain.timings.statistics_seconds > 0 and plain.timings.detector_seconds > 0
     full = stub.Check(
         tensor_request(x[0], return_features=True),
         metadata=(("x-request-id", "abc-123"),),

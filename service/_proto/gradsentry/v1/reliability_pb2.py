@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.service/_proto/gradsentry/v1/reliability.proto\x12\rgradsentry.v1\"J\n\x06Tensor\x12#\n\x05\x64type\x18\x01 \x01(\x0e\x32\x14.gradsentry.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x1c\n\x0c\x45ncodedImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xb9\x01\n\x0c\x43heckRequest\x12\'\n\x06tensor\x18\x01 \x01(\x0b\x32\x15.gradsentry.v1.TensorH\x00\x12,\n\x05image\x18\x02 \x01(\x0b\x32\x1b.gradsentry.v1.EncodedImageH\x00\x12\x1c\n\x14return_probabilities\x18\x03 \x01(\x08\x12\x17\n\x0freturn_features\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x07\n\x05input\"B\n\x11\x43heckBatchRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.gradsentry.v1.CheckRequest\"E\n\x12\x43heckBatchResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.gradsentry.v1.CheckResponse\"l\n\x07Timings\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x01 \x01(\x01\x12\x15\n\rqueue_seconds\x18\x02 \x01(\x01\x12\x18\n\x10\x66\x65\x61tures_seconds\x18\x03 \x01(\x01\x12\x18\n\x10\x64\x65tector_seconds\x18\x04 \x01(\x01\"\x81\x03\n\rCheckResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0fpredicted_class\x18\x02 \x01(\x05\x12\r\n\x05label\x18\x03 \x01(\t\x12\x15\n\rprobabilities\x18\x04 \x03(\x02\x12\'\n\x07verdict\x18\x05 \x01(\x0e\x32\x16.gradsentry.v1.Verdict\x12\r\n\x05score\x18\x06 \x01(\x01\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12!\n\x04kind\x18\x08 \x01(\x0e\x32\x13.gradsentry.v1.Kind\x12\x41\n\x0bkind_scores\x18\t \x03(\x0b\x32,.gradsentry.v1.CheckResponse.KindScoresEntry\x12\x10\n\x08\x66\x65\x61tures\x18\n \x03(\x01\x12\'\n\x07timings\x18\x0b \x01(\x0b\x32\x16.gradsentry.v1.Timings\x1a\x31\n\x0fKindScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x10\n\x0eGetInfoRequest\"\x80\x01\n\tInputSpec\x12\r\n\x05shape\x18\x01 \x03(\x03\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.gradsentry.v1.DType\x12\x11\n\tmin_value\x18\x03 \x01(\x01\x12\x11\n\tmax_value\x18\x04 \x01(\x01\x12\x0c\n\x04mean\x18\x05 \x03(\x01\x12\x0b\n\x03std\x18\x06 \x03(\x01\"\xb5\x02\n\x0cInfoResponse\x12\'\n\x05input\x18\x01 \x01(\x0b\x32\x18.gradsentry.v1.InputSpec\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x12\n\ntarget_fpr\x18\x05 \x01(\x01\x12\r\n\x05kinds\x18\x06 \x03(\t\x12\x19\n\x11model_fingerprint\x18\x07 \x01(\t\x12;\n\x08versions\x18\x08 \x03(\x0b\x32).gradsentry.v1.InfoResponse.VersionsEntry\x12\x16\n\x0emax_batch_size\x18\t \x01(\x05\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*P\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\t\n\x05UINT8\x10\x03\x12\x0b\n\x07\x46LOAT16\x10\x04*=\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x0c\n\x08RELIABLE\x10\x01\x12\x0b\n\x07\x46LAGGED\x10\x02*E\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x44VERSARIAL\x10\x01\x12\x07\n\x03OOD\x10\x02\x12\r\n\tCORRUPTED\x10\x03\x32\xb9\x02\n\x0bReliability\x12\x42\n\x05\x43heck\x12\x1b.gradsentry.v1.CheckRequest\x1a\x1c.gradsentry.v1.CheckResponse\x12Q\n\nCheckBatch\x12 .gradsentry.v1.CheckBatchRequest\x1a!.gradsentry.v1.CheckBatchResponse\x12L\n\x0b\x43heckStream\x12\x1b.gradsentry.v1.CheckRequest\x1a\x1c.gradsentry.v1.CheckResponse(\x01\x30\x01\x12\x45\n\x07GetInfo\x12\x1d.gradsentry.v1.GetInfoRequest\x1a\x1b.gradsentry.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.service/_proto/gradsentry/v1/reliability.proto\x12\rgradsentry.v1\"J\n\x06Tensor\x12#\n\x05\x64type\x18\x01 \x01(\x0e\x32\x14.gradsentry.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x1c\n\x0c\x45ncodedImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xb9\x01\n\x0c\x43heckRequest\x12\'\n\x06tensor\x18\x01 \x01(\x0b\x32\x15.gradsentry.v1.TensorH\x00\x12,\n\x05image\x18\x02 \x01(\x0b\x32\x1b.gradsentry.v1.EncodedImageH\x00\x12\x1c\n\x14return_probabilities\x18\x03 \x01(\x08\x12\x17\n\x0freturn_features\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x07\n\x05input\"B\n\x11\x43heckBatchRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.gradsentry.v1.CheckRequest\"E\n\x12\x43heckBatchResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.gradsentry.v1.CheckResponse\"\xa1\x01\n\x07Timings\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x01 \x01(\x01\x12\x15\n\rqueue_seconds\x18\x02 \x01(\x01\x12\x17\n\x0f\x66orward_seconds\x18\x03 \x01(\x01\x12\x18\n\x10\x62\x61\x63kward_seconds\x18\x04 \x01(\x01\x12\x1a\n\x12statistics_seconds\x18\x05 \x01(\x01\x12\x18\n\x10\x64\x65tector_seconds\x18\x06 \x01(\x01\"\x81\x03\n\rCheckResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0fpredicted_class\x18\x02 \x01(\x05\x12\r\n\x05label\x18\x03 \x01(\t\x12\x15\n\rprobabilities\x18\x04 \x03(\x02\x12\'\n\x07verdict\x18\x05 \x01(\x0e\x32\x16.gradsentry.v1.Verdict\x12\r\n\x05score\x18\x06 \x01(\x01\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12!\n\x04kind\x18\x08 \x01(\x0e\x32\x13.gradsentry.v1.Kind\x12\x41\n\x0bkind_scores\x18\t \x03(\x0b\x32,.gradsentry.v1.CheckResponse.KindScoresEntry\x12\x10\n\x08\x66\x65\x61tures\x18\n \x03(\x01\x12\'\n\x07timings\x18\x0b \x01(\x0b\x32\x16.gradsentry.v1.Timings\x1a\x31\n\x0fKindScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x10\n\x0eGetInfoRequest\"\x80\x01\n\tInputSpec\x12\r\n\x05shape\x18\x01 \x03(\x03\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.gradsentry.v1.DType\x12\x11\n\tmin_value\x18\x03 \x01(\x01\x12\x11\n\tmax_value\x18\x04 \x01(\x01\x12\x0c\n\x04mean\x18\x05 \x03(\x01\x12\x0b\n\x03std\x18\x06 \x03(\x01\"\xb5\x02\n\x0cInfoResponse\x12\'\n\x05input\x18\x01 \x01(\x0b\x32\x18.gradsentry.v1.InputSpec\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x12\n\ntarget_fpr\x18\x05 \x01(\x01\x12\r\n\x05kinds\x18\x06 \x03(\t\x12\x19\n\x11model_fingerprint\x18\x07 \x01(\t\x12;\n\x08versions\x18\x08 \x03(\x0b\x32).gradsentry.v1.InfoResponse.VersionsEntry\x12\x16\n\x0emax_batch_size\x18\t \x01(\x05\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*P\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\t\n\x05UINT8\x10\x03\x12\x0b\n\x07\x46LOAT16\x10\x04*=\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x0c\n\x08RELIABLE\x10\x01\x12\x0b\n\x07\x46LAGGED\x10\x02*E\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x44VERSARIAL\x10\x01\x12\x07\n\x03OOD\x10\x02\x12\r\n\tCORRUPTED\x10\x03\x32\xb9\x02\n\x0bReliability\x12\x42\n\x05\x43heck\x12\x1b.gradsentry.v1.CheckRequest\x1a\x1c.gradsentry.v1.CheckResponse\x12Q\n\nCheckBatch\x12 .gradsentry.v1.CheckBatchRequest\x1a!.gradsentry.v1.CheckBatchResponse\x12L\n\x0b\x43heckStream\x12\x1b.gradsentry.v1.CheckRequest\x1a\x1c.gradsentry.v1.CheckResponse(\x01\x30\x01\x12\x45\n\x07GetInfo\x12\x1d.gradsentry.v1.GetInfoRequest\x1a\x1b.gradsentry.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKRESPONSE_KINDSCORESENTRY']._serialized_options = b'8\001'
   _globals['_INFORESPONSE_VERSIONSENTRY']._loaded_options = None
   _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=1457
-  _globals['_DTYPE']._serialized_end=1537
-  _globals['_VERDICT']._serialized_start=1539
-  _globals['_VERDICT']._serialized_end=1600
-  _globals['_KIND']._serialized_start=1602
-  _globals['_KIND']._serialized_end=1671
+  _globals['_DTYPE']._serialized_start=1511
+  _globals['_DTYPE']._serialized_end=1591
+  _globals['_VERDICT']._serialized_start=1593
+  _globals['_VERDICT']._serialized_end=1654
+  _globals['_KIND']._serialized_start=1656
+  _globals['_KIND']._serialized_end=1725
   _globals['_TENSOR']._serialized_start=65
   _globals['_TENSOR']._serialized_end=139
   _globals['_ENCODEDIMAGE']._serialized_start=141
@@ -51,20 +51,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKBATCHREQUEST']._serialized_end=425
   _globals['_CHECKBATCHRESPONSE']._serialized_start=427
   _globals['_CHECKBATCHRESPONSE']._serialized_end=496
-  _globals['_TIMINGS']._serialized_start=498
-  _globals['_TIMINGS']._serialized_end=606
-  _globals['_CHECKRESPONSE']._serialized_start=609
-  _globals['_CHECKRESPONSE']._serialized_end=994
-  _globals['_CHECKRESPONSE_KINDSCORESENTRY']._serialized_start=945
-  _globals['_CHECKRESPONSE_KINDSCORESENTRY']._serialized_end=994
-  _globals['_GETINFOREQUEST']._serialized_start=996
-  _globals['_GETINFOREQUEST']._serialized_end=1012
-  _globals['_INPUTSPEC']._serialized_start=1015
-  _globals['_INPUTSPEC']._serialized_end=1143
-  _globals['_INFORESPONSE']._serialized_start=1146
-  _globals['_INFORESPONSE']._serialized_end=1455
-  _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_start=1408
-  _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_end=1455
-  _globals['_RELIABILITY']._serialized_start=1674
-  _globals['_RELIABILITY']._serialized_end=1987
+  _globals['_TIMINGS']._serialized_start=499
+  _globals['_TIMINGS']._serialized_end=660
+  _globals['_CHECKRESPONSE']._serialized_start=663
+  _globals['_CHECKRESPONSE']._serialized_end=1048
+  _globals['_CHECKRESPONSE_KINDSCORESENTRY']._serialized_start=999
+  _globals['_CHECKRESPONSE_KINDSCORESENTRY']._serialized_end=1048
+  _globals['_GETINFOREQUEST']._serialized_start=1050
+  _globals['_GETINFOREQUEST']._serialized_end=1066
+  _globals['_INPUTSPEC']._serialized_start=1069
+  _globals['_INPUTSPEC']._serialized_end=1197
+  _globals['_INFORESPONSE']._serialized_start=1200
+  _globals['_INFORESPONSE']._serialized_end=1509
+  _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_start=1462
+  _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_end=1509
+  _globals['_RELIABILITY']._serialized_start=1728
+  _globals['_RELIABILITY']._serialized_end=2041
 # @@protoc_insertion_point(module_scope)

@@ -83,16 +83,20 @@ class CheckBatchResponse(_message.Message):
     def __init__(self, responses: _Optional[_Iterable[_Union[CheckResponse, _Mapping]]] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("decode_seconds", "queue_seconds", "features_seconds", "detector_seconds")
+    __slots__ = ("decode_seconds", "queue_seconds", "forward_seconds", "backward_seconds", "statistics_seconds", "detector_seconds")
     DECODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    FEATURES_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BACKWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DETECTOR_SECONDS_FIELD_NUMBER: _ClassVar[int]
     decode_seconds: float
     queue_seconds: float
-    features_seconds: float
+    forward_seconds: float
+    backward_seconds: float
+    statistics_seconds: float
     detector_seconds: float
-    def __init__(self, decode_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., features_seconds: _Optional[float] = ..., detector_seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, decode_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., forward_seconds: _Optional[float] = ..., backward_seconds: _Optional[float] = ..., statistics_seconds: _Optional[float] = ..., detector_seconds: _Optional[float] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
     __slots__ = ("request_id", "predicted_class", "label", "probabilities", "verdict", "score", "threshold", "kind", "kind_scores", "features", "timings")
