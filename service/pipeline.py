@@ -29,8 +29,7 @@ class Result:
     probabilities float32 [num_classes]; features float64 [num_features]; ``kind`` is the
     most likely challenge kind (None when the detector has no kinds); ``timings`` holds
     seconds for "queue" (waiting for the model), "forward", "backward", "statistics" and
-    "detector" (of the whole
-    batch) and "batch_size".
+    "detector" (of the whole batch) and "batch_size".
     """
 
     predicted_class: int

@@ -67,7 +67,7 @@ def test_verdict_fields_are_consistent(sentry: Sentry, mixed: torch.Tensor) -> N
     assert set(out.kind_scores) == {"adversarial", "corrupted", "ood"}
     stacked = np.stack([out.kind_scores[k] for k in out.kind_scores], axis=1)
     assert out.kind == [list(out.kind_scores)[i] for i in stacked.argmax(1)]
-    assert set(out.timings) == {"features", "detector"}
+    assert set(out.timings) == {"forward", "backward", "statistics", "detector"}
     assert all(t >= 0 for t in out.timings.values())
 
 
