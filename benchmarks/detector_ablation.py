@@ -83,7 +83,9 @@ def main() -> None:
     for gname, allowed in GROUPS.items():
         cols = np.isin(groups, list(allowed))
         for strategy in STRATEGIES:
-            h = ReliabilityDetector(strategy=strategy, log_columns=ext.log_columns[cols])
+            h = ReliabilityDetector(
+                strategy=strategy, calibration_fraction=0.5, log_columns=ext.log_columns[cols]
+            )
             h.fit(fit_X[:, cols], fit_y)
             s0 = h.predict_proba(clean.features[:, cols])
             row = {"fpr": float((s0 >= h.threshold_).mean()), "sets": {}}

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 from torch import nn
 
+from detectors.models import ModelLoadError, load_eager_model
 from detectors.sentry import Sentry
 from service.config import ServerConfig
 from service.pipeline import Pipeline
 
-
-class ModelLoadError(RuntimeError):
-    """The configured model cannot be built or its weights cannot be loaded."""
+__all__ = ["ModelLoadError", "build_pipeline", "load_model", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,23 +24,7 @@ def resolve_device(name: str) -> torch.device:
 
 def load_model(config: ServerConfig, device: torch.device) -> nn.Module:
     """``model_factory()`` with ``model_weights`` (``weights_only=True``), in eval mode."""
-    module_name, _, attr = config.model_factory.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"model_factory {config.model_factory!r}: {exc}") from exc
-    model = factory()
-    if not isinstance(model, nn.Module):
-        raise ModelLoadError(
-            f"model_factory {config.model_factory!r} returned {type(model).__name__}, "
-            "not a torch.nn.Module"
-        )
-    try:
-        state = torch.load(config.model_weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ModelLoadError(f"model_weights {config.model_weights!r}: {exc}") from exc
-    return model.to(device).eval()
+    return load_eager_model(config.model_factory, config.model_weights, device)
 
 
 def build_pipeline(config: ServerConfig) -> Pipeline:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from torch import nn
 
 from detectors.challenges import Challenge, parse_spec
 from detectors.data import load_images
+from detectors.models import ModelLoadError, load_eager_model
 
 
 class CliError(Exception):
@@ -18,33 +18,11 @@ class CliError(Exception):
 
 
 def load_model(entry: str, weights: str | Path | None, device: str = "cpu") -> nn.Module:
-    """``package.module:factory`` (called with no arguments) + a state dict file loaded
-    with ``torch.load(weights_only=True)``; returned in eval mode on ``device``."""
-    if ":" not in entry:
-        raise CliError(f"--model must look like package.module:factory, got {entry!r}")
-    module_name, factory_name = entry.split(":", 1)
+    """The classifier for ``--model`` / ``--weights`` (see ``detectors.models``)."""
     try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as exc:
-        raise CliError(f"cannot import model factory {entry!r}: {exc}") from None
-    model = factory()
-    if not isinstance(model, nn.Module):
-        raise CliError(f"{entry} returned {type(model).__name__}, not a torch nn.Module")
-    if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise CliError(f"weights file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for corrupt/unsafe files
-            raise CliError(f"cannot read weights {path}: {str(exc).splitlines()[0]}") from None
-        if not isinstance(state, dict):
-            raise CliError(f"{path} does not hold a state dict")
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CliError(f"{path} does not fit {entry}: {str(exc).splitlines()[0]}") from None
-    return model.to(device).eval()
+        return load_eager_model(entry, weights, device)
+    except ModelLoadError as exc:
+        raise CliError(str(exc)) from None
 
 
 def load_labelled(path: str | Path, what: str) -> tuple[np.ndarray, np.ndarray]:

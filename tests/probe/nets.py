@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from benchmarks.resnet import BasicBlock  # the residual block the cost benchmark uses
+
 
 class MLP(nn.Module):
     def __init__(self) -> None:
@@ -48,34 +50,13 @@ class SmallCNN(nn.Module):
         return self.head(h.flatten(1))
 
 
-class Block(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.relu = nn.ReLU(inplace=True)
-        self.short = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.short = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += self.short(x)  # in-place residual add, as in common ResNets
-        return self.relu(out)
-
-
 class ResNetTiny(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True)
         )
-        self.layers = nn.Sequential(Block(8, 8, 1), Block(8, 16, 2))
+        self.layers = nn.Sequential(BasicBlock(8, 8, 1), BasicBlock(8, 16, 2))
         self.fc = nn.Linear(16, 6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

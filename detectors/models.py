@@ -1,0 +1,50 @@
+"""Build an eager classifier from ``package.module:factory`` and a state-dict file."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class ModelLoadError(ValueError):
+    """The classifier cannot be built or its weights loaded; the message says which."""
+
+
+def load_eager_model(
+    entry: str, weights: str | Path | None, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """``entry`` = ``package.module:factory`` (called with no arguments); ``weights`` a
+    state dict loaded with ``torch.load(weights_only=True)`` (never unpickled code).
+    Returns the model in eval mode on ``device``."""
+    module_name, sep, factory_name = entry.partition(":")
+    if not sep or not module_name or not factory_name:
+        raise ModelLoadError(f"model factory must look like package.module:factory, got {entry!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot import model factory {entry!r}: {exc}") from None
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{entry} returned {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise ModelLoadError(f"weights file not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for corrupt or unsafe files
+            raise ModelLoadError(f"cannot read weights {path}: {_first_line(exc)}") from None
+        if not isinstance(state, dict):
+            raise ModelLoadError(f"{path} does not hold a state dict")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"{path} does not fit {entry}: {_first_line(exc)}") from None
+    return model.to(device).eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
