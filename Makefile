@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # The CPU build of torch; installed first so nothing later can pull a CUDA wheel.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install serve test lint demo report bench clean protos
+.PHONY: install serve test lint demo report bench clean protos system-deps
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (gradsentry needs Python 3.11)"; exit 2; }
@@ -25,7 +25,17 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/gradsentry serve
 
-test: $(STAMP)
+# Debian's prometheus package: the real server and promtool the metrics tests run against.
+system-deps:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then exit 0; fi; \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "error: prometheus/promtool missing; as root run:"; \
+	    echo "  apt-get update && apt-get install -y --no-install-recommends prometheus"; \
+	    exit 2; \
+	  fi; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+
+test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	# pytest exits 5 when it collects no tests; that is a failure here too.
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \

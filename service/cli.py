@@ -1,4 +1,4 @@
-"""The ``gradsentry`` console script: the library's subcommands plus ``serve``."""
+"""The ``gradsentry`` console script: the library's subcommands plus ``serve`` and ``check``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 from detectors.cli.main import USER_ERRORS, build_parser
 from detectors.cli.main import main as run_cli
+from service import check
 from service.config import ConfigError, load_config
 from service.loader import ModelLoadError
 
@@ -21,7 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The library's parser with ``serve`` added."""
+    """The library's parser with ``serve`` and ``check`` added."""
     p = build_parser()
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
     serve = sub.add_parser(
@@ -29,12 +30,13 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", metavar="FILE", help="YAML config; GRADSENTRY_* override it")
     serve.set_defaults(run=_serve)
+    check.add_parser(sub, "check")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gradsentry`` console script."""
-    return run_cli(argv, parser(), (*USER_ERRORS, ConfigError, ModelLoadError))
+    return run_cli(argv, parser(), (*USER_ERRORS, ConfigError, ModelLoadError, check.CheckError))
 
 
 if __name__ == "__main__":

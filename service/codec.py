@@ -114,6 +114,8 @@ def decode_image(data: bytes, spec: InputSpec) -> np.ndarray:
                     f"takes {w}x{h}; resize it on the client"
                 )
             pixels = np.asarray(img.convert(mode), dtype=np.uint8)
+    except Image.DecompressionBombError as exc:  # PIL refuses huge headers before our check
+        raise CodecError(f"image is too large: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, CodecError):
             raise

@@ -28,7 +28,14 @@ ENV_PREFIX = "GRADSENTRY_"
 # GRADSENTRY_* variables that are not fields (read by launchers, not by load_config).
 ENV_NOT_FIELDS = frozenset({"GRADSENTRY_CONFIG"})
 DEVICES = ("auto", "cpu", "cuda")
-_PATH_FIELDS = ("model_weights", "bundle")
+_PATH_FIELDS = (
+    "model_weights",
+    "bundle",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "auth_token_file",
+)
 
 
 class ConfigError(ValueError):
@@ -44,6 +51,11 @@ class ServerConfig:
     detector bundle fitted for that model. Input: ``input_shape`` (C, H, W),
     ``input_dtype``, ``input_range`` (min, max), optional per-channel ``input_mean`` /
     ``input_std`` applied by the server, class ``labels``.
+
+    Security (each empty = off): ``tls_cert_file`` + ``tls_key_file`` (PEM, both or neither)
+    serve TLS; ``tls_client_ca_file`` (PEM) also requires client certificates signed by it
+    (mutual TLS); ``auth_token_file`` holds a bearer token that Reliability calls must send
+    as ``authorization: Bearer <token>`` (a file, so the secret is not in env or argv).
     """
 
     host: str = "127.0.0.1"
@@ -65,8 +77,20 @@ class ServerConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     max_workers: int = 8
     grace_seconds: float = 10.0
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    auth_token_file: str = ""
 
     def __post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError(
+                "tls_cert_file and tls_key_file: set both (TLS) or neither (plaintext)"
+            )
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError(
+                "tls_client_ca_file: mutual TLS needs TLS; set tls_cert_file and tls_key_file"
+            )
         for name in ("port", "metrics_port"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
@@ -149,7 +173,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     for key in _PATH_FIELDS:
-        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+        if isinstance(data.get(key), str) and data[key] and not Path(data[key]).is_absolute():
             data[key] = str((path.parent / data[key]).resolve())
     return {str(k): v for k, v in data.items()}
 

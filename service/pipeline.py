@@ -1,11 +1,12 @@
 """Transport-agnostic scoring: validated input arrays -> one Sentry batch -> per-input results.
 
-The pipeline knows nothing about gRPC; the servicer (and later the batcher) hand it lists of
-arrays [1, C, H, W] produced by ``service.codec`` and get plain ``Result`` objects back.
+The pipeline knows nothing about gRPC; the batcher hands it lists of arrays [1, C, H, W]
+produced by ``service.codec`` and gets plain ``Result`` objects back.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -16,6 +17,15 @@ import torch
 
 from detectors.sentry import Sentry, Verdicts
 from service.spec import InputSpec
+
+log = logging.getLogger(__name__)
+
+# Calibration of min_rows: a random probe batch of this many rows is the reference...
+CALIBRATION_ROWS = 16
+# ...and these are the candidate minimum batch sizes, smallest first.
+MIN_ROWS_CANDIDATES = (1, 2, 4, 8)
+# "The same result": equal up to float64 noise of the statistics computed after the model.
+_SAME_RTOL = 1e-9
 
 
 class PipelineError(RuntimeError):
@@ -28,8 +38,9 @@ class Result:
 
     probabilities float32 [num_classes]; features float64 [num_features]; ``kind`` is the
     most likely challenge kind (None when the detector has no kinds); ``timings`` holds
-    seconds for "queue" (waiting for the model), "forward", "backward", "statistics" and
-    "detector" (of the whole batch) and "batch_size".
+    seconds for "queue" (waiting for the model: the batcher sets it from submit to batch
+    start), "forward", "backward", "statistics" and "detector" (of the whole batch) and
+    "batch_size".
     """
 
     predicted_class: int
@@ -49,6 +60,14 @@ class Pipeline:
 
     Calls are serialised with a lock: the feature extractor installs hooks on the model, so
     two batches must never run through it at once.
+
+    Batch invariance: BLAS and oneDNN kernels take other code paths (another float summation
+    order) for batches of a few rows, so an input's logits differ in the last bits between a
+    batch of 1 and a batch of 16, and features that cancel (the predicted-class gradient
+    when the softmax is near one-hot) amplify that to ~1e-4 relative. ``calibrate`` finds
+    ``min_rows``, the batch size from which results stop depending on it on this device,
+    and ``run`` pads smaller batches up to it, so an input gets the same answer alone or
+    batched with others.
     """
 
     def __init__(
@@ -60,6 +79,7 @@ class Pipeline:
         self.spec = spec
         self.device = device
         self.max_batch_size = max_batch_size
+        self.min_rows = 1  # set by calibrate()
         self._lock = threading.Lock()
 
     @property
@@ -72,16 +92,46 @@ class Pipeline:
         """Challenge kinds the detector distinguishes."""
         return [str(k) for k in self.sentry.bundle.manifest["kinds"]]
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[Result]:
-        """Score inputs, each [1, C, H, W] of ``spec.dtype``, in chunks of max_batch_size."""
+    def run(self, inputs: Sequence[np.ndarray], pad: bool = True) -> list[Result]:
+        """Score inputs, each [1, C, H, W] of ``spec.dtype``, in chunks of max_batch_size.
+        With ``pad`` a chunk smaller than ``min_rows`` is padded with copies of its first
+        input (their results dropped) so that results do not depend on the chunk's size."""
         results: list[Result] = []
         for start in range(0, len(inputs), self.max_batch_size):
-            results.extend(self._run_batch(inputs[start : start + self.max_batch_size]))
+            chunk = inputs[start : start + self.max_batch_size]
+            results.extend(self._run_batch(chunk, self.min_rows if pad else 1))
         return results
+
+    def calibrate(self, seed: int = 0) -> int:
+        """Set and return ``min_rows``: the smallest candidate m such that a random probe
+        input scored in batches of m, m + 1 and 2m + 1 rows gets the features, probabilities
+        and score it gets in a batch of CALIBRATION_ROWS. 1 (no padding) with a warning when
+        no candidate does."""
+        # Kernels are chosen by shape, not value: any generic finite input shows the paths.
+        lo, hi = self.spec.value_range
+        rng = np.random.default_rng(seed)
+        probe = rng.uniform(lo, hi, (CALIBRATION_ROWS, *self.spec.shape))
+        probe = probe.astype(self.spec.dtype)
+        with self._lock:
+            ref = self._check(probe)
+            for m in MIN_ROWS_CANDIDATES:
+                sizes = sorted({k for k in (m, m + 1, 2 * m + 1) if k <= CALIBRATION_ROWS})
+                if all(_same_rows(self._check(probe[:k]), ref, k) for k in sizes):
+                    self.min_rows = m
+                    return m
+        log.warning(
+            "results on %s depend on the batch size beyond float rounding for every batch "
+            "size tried %s: batched answers may differ slightly from unbatched ones",
+            self.device,
+            MIN_ROWS_CANDIDATES,
+        )
+        self.min_rows = 1
+        return 1
 
     def warm_up(self) -> list[Result]:
         """Score one input at the bottom of the value range (first-call allocations, lazy
-        initialisation) and check the labels match the model's number of classes."""
+        initialisation), check the labels match the model's number of classes and, when
+        batches can hold several inputs, ``calibrate``."""
         x = np.full((1, *self.spec.shape), self.spec.value_range[0], dtype=self.spec.dtype)
         with self._lock:
             verdicts = self._check(x)
@@ -91,27 +141,31 @@ class Pipeline:
                 f"{len(self.spec.labels)} labels are configured but the model has "
                 f"{n_classes} classes"
             )
+        if self.max_batch_size > 1:
+            self.calibrate()
         return self._split(verdicts)
 
-    def _run_batch(self, inputs: Sequence[np.ndarray]) -> list[Result]:
+    def _run_batch(self, inputs: Sequence[np.ndarray], min_rows: int = 1) -> list[Result]:
         if not inputs:
             return []
-        batch = np.concatenate(list(inputs), axis=0)
+        rows = [*inputs, *[inputs[0]] * (min_rows - len(inputs))]
+        batch = np.concatenate(rows, axis=0)
         t0 = time.perf_counter()
         with self._lock:
             waited = time.perf_counter() - t0
             verdicts = self._check(batch)
-        return self._split(verdicts, queue_seconds=waited)
+        return self._split(verdicts, queue_seconds=waited, n=len(inputs))
 
     def _check(self, batch: np.ndarray) -> Verdicts:
         """batch [B, C, H, W] -> Verdicts (caller holds the lock)."""
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         return self.sentry.check(x)
 
-    def _split(self, v: Verdicts, queue_seconds: float = 0.0) -> list[Result]:
+    def _split(self, v: Verdicts, queue_seconds: float = 0.0, n: int | None = None) -> list[Result]:
+        """The first ``n`` rows of ``v`` (all when None) as Results."""
         kinds = v.kind
         labels = self.spec.labels
-        n = len(v.score)
+        n = len(v.score) if n is None else n
         timings = {
             **{k: float(t) for k, t in v.timings.items()},
             "queue": queue_seconds,
@@ -135,3 +189,12 @@ class Pipeline:
                 )
             )
         return out
+
+
+def _same_rows(v: Verdicts, ref: Verdicts, k: int) -> bool:
+    """Rows 0..k-1 of ``v`` equal those of ``ref`` up to float64 noise."""
+    return bool(
+        np.allclose(v.features, ref.features[:k], rtol=_SAME_RTOL, atol=0)
+        and np.allclose(v.probabilities, ref.probabilities[:k], rtol=_SAME_RTOL, atol=0)
+        and np.allclose(v.score, ref.score[:k], rtol=_SAME_RTOL, atol=0)
+    )

@@ -21,12 +21,17 @@ from types import FrameType
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
+from service.batcher import Batcher
 from service.config import ServerConfig, load_config
-from service.interceptors import ErrorInterceptor
+from service.interceptors import ErrorInterceptor, MetricsInterceptor
 from service.loader import build_pipeline
+from service.metrics import Metrics, MetricsHTTPServer, model_info
+from service.security import interceptors as security_interceptors
+from service.security import server_credentials
 from service.servicer import ReliabilityServicer
 
 log = logging.getLogger(__name__)
@@ -46,13 +51,21 @@ class SentryServer:
     health: health.HealthServicer
     servicer: ReliabilityServicer
     port: int
+    metrics: Metrics | None = None
+    metrics_http: MetricsHTTPServer | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound port of the metrics endpoint (None when it is not served)."""
+        return None if self.metrics_http is None else self.metrics_http.port
 
     def stop(self, grace: float | None) -> threading.Event:
         """NOT_SERVING for health checks, refuse new Reliability calls, then stop with
         ``grace`` seconds for calls in flight. Returns an event set when fully stopped."""
         self.servicer.draining.set()
         self.health.enter_graceful_shutdown()
-        return self.grpc_server.stop(grace)
+        stopped = _then_close_batcher(self.grpc_server.stop(grace), self.servicer.batcher)
+        return _then_stop_metrics(stopped, self.metrics_http)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Block until the server stops (or ``timeout``); True if it timed out."""
@@ -61,14 +74,31 @@ class SentryServer:
 
 def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
     """Load, listen on ``config.host:config.port`` (0 picks a free port), warm up, SERVING."""
+    # TLS files and the token are checked before anything heavy is loaded or started.
+    credentials = server_credentials(config)
+    auth = security_interceptors(config)
     pipeline = build_pipeline(config)
-    servicer = ReliabilityServicer(pipeline)
+    metrics = Metrics(CollectorRegistry())
+    metrics.set_info(**model_info(pipeline))
+    batcher = Batcher(
+        pipeline, config.max_batch_size, config.max_delay_ms, config.queue_size, metrics=metrics
+    )
+    servicer = ReliabilityServicer(pipeline, batcher)
+    servicer.metrics = metrics
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="grpc"),
-        interceptors=[ErrorInterceptor()],
+        # Auth inside observability (refusals are counted), outside error mapping.
+        interceptors=[
+            MetricsInterceptor(metrics),
+            *auth,
+            ErrorInterceptor(),
+        ],
+        # Calls beyond max_workers wait for a thread: bound that backlog like the batcher's
+        # queue (beyond it gRPC answers RESOURCE_EXHAUSTED) so memory stays bounded.
+        maximum_concurrent_rpcs=config.max_workers + config.queue_size,
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -81,22 +111,69 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
     )
     address = f"{config.host}:{config.port}"
     try:
-        port = server.add_insecure_port(address)
+        port = (
+            server.add_insecure_port(address)
+            if credentials is None
+            else server.add_secure_port(address, credentials)
+        )
     except RuntimeError as exc:
         raise BindError(f"cannot listen on {address}: {exc}") from exc
     if port == 0:
         raise BindError(f"cannot listen on {address}")
+    try:
+        metrics_http = MetricsHTTPServer.start(metrics.registry, config.host, config.metrics_port)
+    except OSError as exc:
+        batcher.close(drain=False)
+        raise BindError(
+            f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
+        ) from exc
     server.start()
     try:
         pipeline.warm_up()
     except BaseException:
         server.stop(None)
+        metrics_http.stop()
+        batcher.close(drain=False)
         raise
     servicer.ready.set()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("gradsentry serving %s on %s:%d", SERVICE_NAME, config.host, port)
-    return SentryServer(server, health_servicer, servicer, port), port
+    log.info("metrics on http://%s:%d/metrics", config.host, metrics_http.port)
+    running = SentryServer(server, health_servicer, servicer, port, metrics, metrics_http)
+    return running, port
+
+
+def _then_close_batcher(stopped: threading.Event, batcher: Batcher) -> threading.Event:
+    """An event set once gRPC has stopped (``stopped``) and then the batcher has answered
+    what is still queued and stopped its worker."""
+    done = threading.Event()
+
+    def finish() -> None:
+        stopped.wait()
+        batcher.close(drain=True)
+        done.set()
+
+    threading.Thread(target=finish, name="batcher-stop", daemon=True).start()
+    return done
+
+
+def _then_stop_metrics(
+    stopped: threading.Event, metrics_http: MetricsHTTPServer | None
+) -> threading.Event:
+    """An event set once gRPC has stopped (``stopped``) and then the metrics endpoint too:
+    it serves until the last call has been counted."""
+    if metrics_http is None:
+        return stopped
+    done = threading.Event()
+
+    def finish() -> None:
+        stopped.wait()
+        metrics_http.stop()
+        done.set()
+
+    threading.Thread(target=finish, name="metrics-stop", daemon=True).start()
+    return done
 
 
 def serve(config: ServerConfig) -> None:

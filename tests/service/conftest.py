@@ -34,7 +34,9 @@ def sentry() -> Sentry:
 def server() -> Iterator[tuple[SentryServer, int]]:
     """Started, warmed-up server; stopped at the end of the session."""
     torch.set_num_threads(1)
-    config = load_config(environ={"GRADSENTRY_PORT": "0", "GRADSENTRY_DEVICE": "cpu"})
+    config = load_config(
+        environ={"GRADSENTRY_PORT": "0", "GRADSENTRY_METRICS_PORT": "0", "GRADSENTRY_DEVICE": "cpu"}
+    )
     running, port = create_server(config)
     yield running, port
     running.stop(None).wait(5)

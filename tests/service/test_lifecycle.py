@@ -17,7 +17,8 @@ from service.server import create_server
 
 def test_stop_reports_not_serving_and_refuses_new_calls() -> None:
     torch.set_num_threads(1)
-    running, port = create_server(load_config(environ={"GRADSENTRY_PORT": "0"}))
+    environ = {"GRADSENTRY_PORT": "0", "GRADSENTRY_METRICS_PORT": "0"}
+    running, port = create_server(load_config(environ=environ))
     x = np.zeros((1, 28, 28), np.float32)
     request = pb.CheckRequest(
         tensor=pb.Tensor(dtype=pb.FLOAT32, shape=[1, 28, 28], data=x.tobytes())

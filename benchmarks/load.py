@@ -1,0 +1,350 @@
+"""Load test of the sidecar: N concurrent gRPC clients for a fixed time, batching on vs off.
+
+For each mode the script starts its own ``gradsentry serve`` process on 127.0.0.1 (the
+bundled demo, one torch thread, free ports), lets ``--clients`` threads — each with its own
+channel — send demo digits with ``Check`` back to back for ``--duration`` seconds after a
+short warm-up, then stops the server with SIGTERM. It prints requests/s, p50/p99 latency,
+the error count, the mean model batch size (from the server's metrics endpoint) and the
+CPU the server process and the whole machine used (Linux) for both modes, and the ratio of
+their requests/s. ``--rounds N`` alternates the modes N times and reports medians: on a
+shared machine other work skews any single run.
+
+    python benchmarks/load.py [--clients 16] [--duration 20] [--rounds 1] [--json FILE]
+                              [--check]
+
+Batching on is the configured ``max_batch_size`` / ``max_delay_ms``; batching off is
+``max_delay_ms: 0`` (every input alone in its batch, still through the queue). Both use
+``max_workers = max(8, clients)`` handler threads so that every client can be waiting on
+the model at once. ``--check`` exits 1 unless batching on reaches ``--target`` times the
+requests/s of batching off with zero errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from detectors.demo import ARTIFACTS  # noqa: E402
+from service._proto.gradsentry.v1 import reliability_pb2 as pb  # noqa: E402
+from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc  # noqa: E402
+
+MAX_DURATION = 300.0  # seconds per mode: the run is bounded whatever is asked
+START_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One mode's measurements (latencies in milliseconds)."""
+
+    mode: str
+    clients: int
+    seconds: float
+    requests: int
+    errors: int
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    mean_batch_size: float
+    server_cpu_cores: float
+    machine_cpu_cores: float
+    error_codes: dict[str, int]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat (Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return float("nan"), float("nan")
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` used so far (Linux; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def demo_requests() -> list[pb.CheckRequest]:
+    """The demo's sample digits as float32 tensor requests [1, 28, 28]."""
+    images = np.load(ARTIFACTS / "samples.npz")["images"].astype(np.float32) / 255.0
+    return [
+        pb.CheckRequest(
+            tensor=pb.Tensor(dtype=pb.FLOAT32, shape=[1, 28, 28], data=img.astype("<f4").tobytes())
+        )
+        for img in images
+    ]
+
+
+class Server:
+    """A ``gradsentry serve`` subprocess with the given config overrides."""
+
+    def __init__(self, settings: dict[str, object], workdir: Path) -> None:
+        self.port, self.metrics_port = free_port(), free_port()
+        config = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "metrics_port": self.metrics_port,
+            "device": "cpu",
+            **settings,
+        }
+        path = workdir / f"server-{self.port}.yaml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        self.log_path = workdir / f"server-{self.port}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRADSENTRY_")}
+        env["OMP_NUM_THREADS"] = "1"  # one torch thread: the clients need the other core
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "serve", "--config", str(path)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._wait_serving()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _wait_serving(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited:\n{self.log_path.read_text()}")
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server not SERVING after {START_TIMEOUT:.0f} s")
+
+    def batch_sizes(self) -> tuple[float, float]:
+        """(sum, count) of the server's ``gradsentry_batch_size`` histogram."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            text = reply.read().decode()
+        values = {
+            s.name: s.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "gradsentry_batch_size"
+            for s in family.samples
+        }
+        return values.get("gradsentry_batch_size_sum", 0.0), values.get(
+            "gradsentry_batch_size_count", 0.0
+        )
+
+    def stop(self) -> int:
+        """SIGTERM (graceful drain), then the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+
+def drive(address: str, clients: int, warmup: float, duration: float) -> Outcome:
+    """``clients`` threads calling Check back to back; only calls that start after the
+    warm-up and end before its end + ``duration`` are counted."""
+    requests = demo_requests()
+    start = time.monotonic() + warmup
+    end = start + duration
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    codes: list[dict[str, int]] = [{} for _ in range(clients)]
+
+    def client(k: int) -> None:
+        with grpc.insecure_channel(address) as channel:
+            check = pb_grpc.ReliabilityStub(channel).Check
+            i = k
+            while True:
+                t0 = time.monotonic()
+                if t0 >= end:
+                    return
+                code = "OK"
+                try:
+                    check(requests[i % len(requests)], timeout=30)
+                except grpc.RpcError as exc:
+                    code = exc.code().name
+                t1 = time.monotonic()
+                i += clients
+                if t0 >= start and t1 <= end:
+                    if code == "OK":
+                        latencies[k].append(t1 - t0)
+                    else:
+                        codes[k][code] = codes[k].get(code, 0) + 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat = np.concatenate([np.asarray(x) for x in latencies]) * 1e3
+    errors: dict[str, int] = {}
+    for c in codes:
+        for name, n in c.items():
+            errors[name] = errors.get(name, 0) + n
+    n_err = sum(errors.values())
+    return Outcome(
+        mode="",
+        clients=clients,
+        seconds=duration,
+        requests=len(lat) + n_err,
+        errors=n_err,
+        requests_per_second=len(lat) / duration,
+        p50_ms=float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+        p99_ms=float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+        mean_batch_size=float("nan"),
+        server_cpu_cores=float("nan"),
+        machine_cpu_cores=float("nan"),
+        error_codes=errors,
+    )
+
+
+def run_mode(
+    mode: str, settings: dict[str, object], args: argparse.Namespace, workdir: Path
+) -> Outcome:
+    server = Server(settings, workdir)
+    try:
+        before = server.batch_sizes()
+        cpu0, machine0, t0 = process_cpu(server.proc.pid), machine_cpu(), time.monotonic()
+        outcome = drive(server.address, args.clients, args.warmup, args.duration)
+        cpu1, machine1, t1 = process_cpu(server.proc.pid), machine_cpu(), time.monotonic()
+        after = server.batch_sizes()
+    finally:
+        code = server.stop()
+    if code != 0:
+        print(f"warning: {mode} server exited with {code}", file=sys.stderr)
+    batches = after[1] - before[1]
+    # Cores in use on average: busy CPU seconds over wall seconds (whole machine: busy
+    # share of all CPU time times the number of CPUs).
+    cores = os.cpu_count() or 1
+    machine = cores * (machine1[0] - machine0[0]) / (machine1[1] - machine0[1] or float("nan"))
+    return Outcome(
+        **{
+            **asdict(outcome),
+            "mode": mode,
+            "mean_batch_size": (after[0] - before[0]) / batches if batches else float("nan"),
+            "server_cpu_cores": (cpu1 - cpu0) / (t1 - t0),
+            "machine_cpu_cores": machine,
+        }
+    )
+
+
+def median_of(outcomes: list[Outcome]) -> Outcome:
+    """The run with the median requests/s (the lower middle one for an even count)."""
+    ranked = sorted(outcomes, key=lambda o: o.requests_per_second)
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per mode (20)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds first (2)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternations of the modes (1)")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="batching on (32)")
+    parser.add_argument("--max-delay-ms", type=float, default=5.0, help="batching on (5)")
+    parser.add_argument("--target", type=float, default=3.0, help="--check ratio (3)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    if args.clients < 1:
+        parser.error("--clients must be >= 1")
+    if not 0 < args.duration <= MAX_DURATION:
+        parser.error(f"--duration must be in (0, {MAX_DURATION:.0f}] seconds")
+    if not 0 <= args.warmup <= 60:
+        parser.error("--warmup must be in [0, 60] seconds")
+    if not 1 <= args.rounds <= 10:
+        parser.error("--rounds must be in 1..10")
+
+    common = {"max_workers": max(8, args.clients), "queue_size": max(256, 4 * args.clients)}
+    modes = {
+        "batching on": {
+            **common,
+            "max_batch_size": args.max_batch_size,
+            "max_delay_ms": args.max_delay_ms,
+        },
+        "batching off": {**common, "max_batch_size": args.max_batch_size, "max_delay_ms": 0},
+    }
+    runs: dict[str, list[Outcome]] = {mode: [] for mode in modes}
+    with tempfile.TemporaryDirectory(prefix="gradsentry-load-") as tmp:
+        for i in range(args.rounds):
+            for mode, settings in modes.items():
+                print(
+                    f"[{i + 1}/{args.rounds}] {mode}: {settings}, {args.clients} clients, "
+                    f"{args.duration:g} s",
+                    flush=True,
+                )
+                runs[mode].append(run_mode(mode, settings, args, Path(tmp)))
+
+    header = f"{'mode':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'batch':>7}"
+    print(f"\n{header}{'server CPU':>12}{'machine CPU':>13}")
+    for mode_runs in runs.values():
+        for r in mode_runs:
+            print(
+                f"{r.mode:<14}{r.requests_per_second:>9.1f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
+                f"{r.errors:>8d}{r.mean_batch_size:>7.1f}{r.server_cpu_cores:>12.2f}"
+                f"{r.machine_cpu_cores:>13.2f}"
+            )
+            if r.error_codes:
+                print(f"{'':<14}errors by code: {r.error_codes}")
+    on, off = (median_of(mode_runs) for mode_runs in runs.values())
+    ratio = on.requests_per_second / off.requests_per_second if off.requests_per_second else 0.0
+    errors = sum(r.errors for mode_runs in runs.values() for r in mode_runs)
+    which = "median " if args.rounds > 1 else ""
+    print(
+        f"ratio (on / off, {which}requests/s): {ratio:.2f}x; errors: {errors} "
+        f"(target >= {args.target:g}x with 0 errors; CPU in cores of {os.cpu_count()})"
+    )
+    if args.json:
+        payload = {
+            "runs": {mode: [asdict(r) for r in rs] for mode, rs in runs.items()},
+            "ratio": ratio,
+            "errors": errors,
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    met = ratio >= args.target and errors == 0
+    return 0 if met or not args.check else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+{{/* Chart name, truncated to the 63 characters of a DNS label. */}}
+{{- define "gradsentry.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: the release name, plus the chart name unless it contains it. */}}
+{{- define "gradsentry.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "gradsentry.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "gradsentry.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gradsentry.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "gradsentry.labels" -}}
+helm.sh/chart: {{ include "gradsentry.chart" . }}
+{{ include "gradsentry.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: reliability
+{{- end }}
+
+{{- define "gradsentry.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "gradsentry.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "gradsentry.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* Where the chart mounts what it hands the server. */}}
+{{- define "gradsentry.configDir" -}}/etc/gradsentry{{- end }}
+{{- define "gradsentry.tlsDir" -}}/etc/gradsentry/tls{{- end }}
+{{- define "gradsentry.authDir" -}}/etc/gradsentry/auth{{- end }}
+
+{{/* True (non-empty) when the pod mounts the model volume. */}}
+{{- define "gradsentry.hasModelVolume" -}}
+{{- if or (eq .Values.mode "sidecar") .Values.modelVolume.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+The server's drain grace in seconds (float): config.grace_seconds, or the server's own
+default (10) when the key is removed.
+*/}}
+{{- define "gradsentry.graceSeconds" -}}
+{{- if hasKey .Values.config "grace_seconds" }}
+{{- float64 .Values.config.grace_seconds }}
+{{- else }}
+{{- 10.0 }}
+{{- end }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: strictly longer than the preStop sleep plus the drain grace,
+so the kubelet's SIGKILL never cuts a drain short. Derived unless set; a set value that is not
+long enough fails the render.
+*/}}
+{{- define "gradsentry.terminationGracePeriodSeconds" -}}
+{{- $grace := include "gradsentry.graceSeconds" . | float64 }}
+{{- $preStop := int .Values.lifecycle.preStopSleepSeconds }}
+{{- $needed := addf $preStop $grace }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add $preStop (ceil $grace | int) (int .Values.drainMarginSeconds) }}
+{{- else }}
+{{- $set := int .Values.terminationGracePeriodSeconds }}
+{{- if le (float64 $set) $needed }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be longer than lifecycle.preStopSleepSeconds + config.grace_seconds (%d + %g = %g s), or the server is killed while it drains" $set $preStop $grace $needed) }}
+{{- end }}
+{{- $set }}
+{{- end }}
+{{- end }}
+
+{{/*
+The server's config file: the user's `config` plus the keys the chart owns (listen address,
+ports, mounted TLS and token files, the GPU device). Setting an owned key in `config` fails.
+*/}}
+{{- define "gradsentry.config" -}}
+{{- $owned := dict
+  "host" "listenHost"
+  "port" "ports.grpc"
+  "metrics_port" "ports.metrics"
+  "tls_cert_file" "tls.enabled and tls.certKey"
+  "tls_key_file" "tls.enabled and tls.keyKey"
+  "tls_client_ca_file" "tls.clientCAKey"
+  "auth_token_file" "auth.enabled and auth.tokenKey" }}
+{{- range $key := keys $owned | sortAlpha }}
+{{- if hasKey $.Values.config $key }}
+{{- fail (printf "config.%s is set by the chart: use %s instead" $key (get $owned $key)) }}
+{{- end }}
+{{- end }}
+{{- $cfg := deepCopy .Values.config }}
+{{- $_ := set $cfg "host" .Values.listenHost }}
+{{- $_ := set $cfg "port" (int .Values.ports.grpc) }}
+{{- $_ := set $cfg "metrics_port" (int .Values.ports.metrics) }}
+{{- if and .Values.gpu.enabled (not (hasKey $cfg "device")) }}
+{{- $_ := set $cfg "device" "cuda" }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+{{- $_ := set $cfg "tls_cert_file" (printf "%s/%s" (include "gradsentry.tlsDir" .) .Values.tls.certKey) }}
+{{- $_ := set $cfg "tls_key_file" (printf "%s/%s" (include "gradsentry.tlsDir" .) .Values.tls.keyKey) }}
+{{- if .Values.tls.clientCAKey }}
+{{- $_ := set $cfg "tls_client_ca_file" (printf "%s/%s" (include "gradsentry.tlsDir" .) .Values.tls.clientCAKey) }}
+{{- end }}
+{{- end }}
+{{- if .Values.auth.enabled }}
+{{- $_ := set $cfg "auth_token_file" (printf "%s/%s" (include "gradsentry.authDir" .) .Values.auth.tokenKey) }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/* The gradsentry container's resources, with the GPU limit when gpu.enabled. */}}
+{{- define "gradsentry.resources" -}}
+{{- $res := deepCopy (default dict .Values.resources) }}
+{{- if .Values.gpu.enabled }}
+{{- $limits := deepCopy (default dict (get $res "limits")) }}
+{{- $_ := set $limits .Values.gpu.resourceName (int .Values.gpu.count) }}
+{{- $_ := set $res "limits" $limits }}
+{{- end }}
+{{- toYaml $res }}
+{{- end }}
+
+{{/* Checks across values that values.schema.json cannot express. */}}
+{{- define "gradsentry.validate" -}}
+{{- if eq (int .Values.ports.grpc) (int .Values.ports.metrics) }}
+{{- fail (printf "ports.grpc and ports.metrics must differ (both %d)" (int .Values.ports.grpc)) }}
+{{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both (null the other)" }}
+{{- end }}
+{{- if .Values.autoscaling.enabled }}
+{{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) }}
+{{- fail (printf "autoscaling.minReplicas (%d) must not exceed autoscaling.maxReplicas (%d)" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- end }}
+{{- if and (eq .Values.autoscaling.metric "cpu") (not (dig "requests" "cpu" "" (default dict .Values.resources))) }}
+{{- fail "autoscaling.metric cpu needs resources.requests.cpu (utilisation is measured against it)" }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.mode "sidecar" }}
+{{- range .Values.modelServer.ports }}
+{{- if has .name (list "grpc" "metrics") }}
+{{- fail (printf "modelServer.ports: the name %q is gradsentry's; pick another" .name) }}
+{{- end }}
+{{- if has (int .containerPort) (list (int $.Values.ports.grpc) (int $.Values.ports.metrics)) }}
+{{- fail (printf "modelServer.ports: port %d is gradsentry's (ports.grpc / ports.metrics); pick another" (int .containerPort)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A probe's timing fields from its values block. */}}
+{{- define "gradsentry.probeTiming" -}}
+periodSeconds: {{ .periodSeconds }}
+timeoutSeconds: {{ .timeoutSeconds }}
+failureThreshold: {{ .failureThreshold }}
+{{- end }}
