@@ -22,6 +22,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -114,15 +115,36 @@ def time_paths(model: torch.nn.Module, batch: int, repeats: int) -> dict[str, fl
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize()
+
+
 def peak_memory_worker(path: str, batch: int) -> None:
-    """Child process: print the peak RSS growth (bytes) of one call of ``path``."""
+    """Child process: print the peak RSS growth (bytes) during one call of ``path``,
+    sampled every millisecond (a high-water mark reached before the call cannot hide it)."""
     model = trained_like_resnet18()
     run = paths(model)
     x = torch.rand(batch, 3, 32, 32)
     run["forward"](x[:1])  # load kernels before the baseline reading
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run[path](x)
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+    base = _rss_bytes()
+    peak = base
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        run[path](x)
+    finally:
+        done.set()
+        sampler.join()
+    print(max(peak, _rss_bytes()) - base)
 
 
 def peak_memory(path: str, batch: int) -> int:

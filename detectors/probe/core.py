@@ -1,13 +1,14 @@
 """GradientProbe: per-sample, per-parameter squared norms of a confounding gradient.
 
-One batched forward with hooks and one batched backward per confounding loss. Every
-module that owns a selected parameter gets a forward hook that records its inputs and
-passes its output through ``_Tap``, an identity that also takes a shared zero scalar
-``anchor``. The backward asks only for dJ/d(anchor): autograd visits every tap (whose
-backward turns that layer's output gradient into per-sample norms at once and frees the
-recorded inputs) but computes no parameter gradient, never writes ``.grad`` and never
-holds all layer gradients at once. The tap's output is a fresh tensor, so in-place ops
-downstream (``ReLU(inplace)``, ``out += identity``) cannot corrupt what the layer saw.
+One batched forward with hooks and one batched backward per confounding loss. A zero
+scalar ``anchor`` is added to the input, and the backward asks only for dJ/d(anchor):
+autograd walks back through every layer (firing the tensor hooks that turn each hooked
+layer's output gradient into per-sample norms at once, then free its recorded inputs)
+but computes no parameter gradient, never writes ``.grad`` and never holds all layer
+gradients at once. Tensor hooks registered before an in-place op (``ReLU(inplace)``,
+``out += identity``) still see the gradient of the layer's own output. A layer whose
+inputs do not depend on the model input (an Embedding fed integer ids) gets the anchor
+threaded through its output by ``_Tap`` instead.
 """
 
 from __future__ import annotations
@@ -184,7 +185,9 @@ class GradientProbe:
             with torch.enable_grad():
                 self._hooks_active = True
                 t0 = time.perf_counter()
-                logits = self.model(x.detach())
+                # The anchor enters at the input, so the backward towards it walks through
+                # every layer that depends on x; a zero adds nothing to the values.
+                logits = self.model(x.detach() + anchor.to(x.dtype))
                 t1 = time.perf_counter()
                 self._hooks_active = False
                 if (
@@ -232,6 +235,15 @@ class GradientProbe:
             unit.args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
             unit.kwargs = dict(kwargs)
             unit.versions = tuple(a._version for a in unit.args if isinstance(a, Tensor))
+            if output.requires_grad and any(
+                isinstance(a, Tensor) and a.requires_grad for a in args
+            ):
+                # On the path from the input: the backward to the anchor reaches this output,
+                # and a tensor hook registered now sees its gradient even if an in-place op
+                # (ReLU(inplace), `out += identity`) modifies it later. No copy needed.
+                output.register_hook(self._grad_hook(unit, current))
+                return None
+            # Not on that path (e.g. an Embedding fed integer ids): thread the anchor in here.
             return _Tap.apply(output, anchor, self._grad_hook(unit, current))
 
         return hook
