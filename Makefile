@@ -25,15 +25,18 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/gradsentry serve
 
-# Debian's prometheus package: the real server and promtool the metrics tests run against.
+# Debian packages the tests run for real: prometheus + promtool (metrics), openssl (TLS certs).
+SYSTEM_PKGS := prometheus openssl
 system-deps:
-	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then exit 0; fi; \
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null \
+	  && command -v openssl >/dev/null; then exit 0; fi; \
 	  if [ "$$(id -u)" -ne 0 ]; then \
-	    echo "error: prometheus/promtool missing; as root run:"; \
-	    echo "  apt-get update && apt-get install -y --no-install-recommends prometheus"; \
+	    echo "error: prometheus/promtool/openssl missing; as root run:"; \
+	    echo "  apt-get update && apt-get install -y --no-install-recommends $(SYSTEM_PKGS)"; \
 	    exit 2; \
 	  fi; \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+	    $(SYSTEM_PKGS)
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
@@ -53,6 +56,7 @@ report: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/probe_cost.py
+	$(PY) benchmarks/load.py
 
 # Python stubs for protos/ into service/_proto/ (committed; a test fails when they are stale).
 # -Iservice/_proto=protos makes generated imports read `from service._proto.gradsentry.v1 ...`.
