@@ -75,7 +75,9 @@ class ServerConfig:
     input_std: tuple[float, ...] = ()
     labels: tuple[str, ...] = tuple(str(d) for d in range(10))
     max_message_bytes: int = 16 * 1024 * 1024
-    max_workers: int = 8
+    # gRPC handler threads: each blocks on one queued input, so fewer threads than
+    # max_batch_size would cap how many concurrent calls can share a batch.
+    max_workers: int = 64
     grace_seconds: float = 10.0
     tls_cert_file: str = ""
     tls_key_file: str = ""
