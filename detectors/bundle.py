@@ -110,6 +110,13 @@ class Bundle:
     manifest: dict[str, Any]
     detector: OnnxDetector
 
+    def check_schema(self, feature_schema: Sequence[Mapping[str, Any]]) -> None:
+        """Refuse (BundleMismatchError, naming the first difference) features other than
+        the ones H was fitted on."""
+        _compare_schemas(
+            self.manifest["feature_schema"], _check_schema(feature_schema, "feature_schema")
+        )
+
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """ "sha256:<hex>" over every named parameter, then every named buffer, in module order.

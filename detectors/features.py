@@ -44,12 +44,6 @@ DEFAULT_LOSSES: tuple[str, ...] = ("all_ones", "predicted")
 DEFAULT_STATS: tuple[str, ...] = tuple(LOGIT_STATS)
 
 
-def head_name(model: nn.Module) -> str | None:
-    """Name of the last ``nn.Linear`` in ``model.named_modules()`` order, or None."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return names[-1] if names else None
-
-
 def default_layers(model: nn.Module, most: int = 6) -> list[str]:
     """Layers whose input activations get a Mahalanobis feature: up to ``most`` Conv/Linear
     layers spread evenly after the first (which sees raw pixels), always the head."""

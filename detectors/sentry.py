@@ -70,18 +70,12 @@ class Sentry:
         """Verify and load; BundleError (a ValueError) names any mismatch."""
         # The fingerprint is checked first: another model's bundle is refused as such,
         # not with whatever its feature spec happens to trip over on this model.
-        fingerprint = model_fingerprint(model)
-        peek = load_bundle(bundle_dir, model_fingerprint=fingerprint, device=device)
+        bundle = load_bundle(bundle_dir, model_fingerprint=model_fingerprint(model), device=device)
         try:
-            extractor = FeatureExtractor.from_dict(model, peek.manifest["feature_spec"])
+            extractor = FeatureExtractor.from_dict(model, bundle.manifest["feature_spec"])
         except ValueError as exc:  # the manifest is user input: report it as a bad bundle
-            raise BundleFormatError(f"{peek.path.name}: feature_spec: {exc}") from None
-        bundle = load_bundle(
-            bundle_dir,
-            model_fingerprint=fingerprint,
-            feature_schema=extractor.schema,
-            device=device,
-        )
+            raise BundleFormatError(f"{bundle.path.name}: feature_spec: {exc}") from None
+        bundle.check_schema(extractor.schema)
         return cls(extractor, bundle)
 
     def check(self, x: torch.Tensor) -> Verdicts:

@@ -11,11 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from detectors.challenges import Challenge
 from detectors.evaluate.baselines import create
+from detectors.evaluate.baselines.base import batches, model_device
 from detectors.evaluate.report import CleanScores, Report, SetScores, build_report
 from detectors.sentry import Sentry
 from detectors.setcache import SetCache
@@ -65,8 +65,10 @@ def evaluate(
 
     def score_all(x: np.ndarray, what: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         scores, preds = [], []
-        for i in tqdm(range(0, len(x), batch_size), desc=what, disable=not progress, leave=False):
-            out = sentry.check(_tensor(x[i : i + batch_size], model))
+        chunks = batches(x, batch_size, model_device(model))
+        total = -(-len(x) // batch_size)
+        for chunk in tqdm(chunks, total=total, desc=what, disable=not progress, leave=False):
+            out = sentry.check(chunk)
             scores.append(out.score)
             preds.append(out.predicted)
         result = {PRIMARY: np.concatenate(scores)}
@@ -101,7 +103,3 @@ def evaluate(
         )
     return build_report(clean, results, primary=PRIMARY, meta=meta)
 
-
-def _tensor(x: np.ndarray, model: torch.nn.Module) -> torch.Tensor:
-    p = next(model.parameters())
-    return torch.from_numpy(np.ascontiguousarray(x)).to(p.device)

@@ -19,7 +19,7 @@ from torch import nn
 
 from detectors.evaluate.baselines import Mahalanobis
 from detectors.evaluate.baselines.mahalanobis import fit_tied_gaussian
-from detectors.features import LOGIT_STATS, FeatureExtractor, head_name
+from detectors.features import LOGIT_STATS, FeatureExtractor
 from detectors.probe import GradientProbe
 
 LOSSES = ("all_ones", "predicted")
@@ -99,7 +99,7 @@ def test_schema_describes_every_column(
                 "log": True,
             }
     assert [names[i] for i in _group(extractor, "logit")] == [f"logit/{s}" for s in LOGIT_STATS]
-    assert f"activation/{head_name(digits_model)}/mahalanobis" in names
+    assert f"activation/{HEAD}/mahalanobis" in names
     # Norms and distances are logged by H; logit statistics (which can be negative) are not.
     expected_log = [c["group"] != "logit" for c in schema]
     np.testing.assert_array_equal(extractor.log_columns, expected_log)
@@ -155,7 +155,7 @@ def test_head_mahalanobis_equals_the_baseline(
     digits_model: nn.Module,
     stats_split: tuple[np.ndarray, np.ndarray],
 ) -> None:
-    column = _index(extractor)[f"activation/{head_name(digits_model)}/mahalanobis"]
+    column = _index(extractor)[f"activation/{HEAD}/mahalanobis"]
     got = extractor.extract(batch).features[:, column]
     baseline = Mahalanobis().fit(digits_model, *stats_split)
     expected = baseline.score(digits_model, batch.numpy())
@@ -309,7 +309,7 @@ def test_malformed_spec_is_refused_when_loaded(
     message: str,
 ) -> None:
     spec = extractor.to_dict()
-    assert head_name(digits_model) == HEAD and HEAD in spec["layers"]
+    assert HEAD in spec["layers"]
     with pytest.raises(ValueError, match=message):
         FeatureExtractor.from_dict(digits_model, _broken(spec, path, value))
 
