@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # The CPU build of torch; installed first so nothing later can pull a CUDA wheel.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install serve test lint demo report bench clean protos system-deps
+.PHONY: install serve test lint demo report bench clean protos system-deps image
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (gradsentry needs Python 3.11)"; exit 2; }
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	# pytorch-ood is only the benchmark's point of comparison; its declared torchvision
 	# dependency would pull a CUDA build, so it is installed without dependencies.
 	$(PIP) install --quiet --no-deps "pytorch-ood==0.4.0"
+	# TorchServe + its archiver for the side-by-side test and benchmark, also without their
+	# declared dependencies; what they really need (psutil, PyYAML, Pillow, packaging) comes
+	# from pyproject.toml. TorchServe's frontend needs Java (see system-deps).
+	$(PIP) install --quiet --no-deps "torchserve==0.12.0" "torch-model-archiver==0.12.0"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,20 +29,31 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/gradsentry serve
 
-# Debian packages the tests run for real: prometheus + promtool (metrics), openssl (TLS certs).
-SYSTEM_PKGS := prometheus openssl
+# Debian packages the tests run for real: prometheus + promtool (metrics), openssl (TLS certs),
+# a Java 17 runtime (TorchServe's frontend, side-by-side test).
+# nodejs + npm: the Grafana dashboard's type-check (deploy/grafana/typecheck).
+# docker.io + debootstrap: the container image from a local base (tests/deploy/test_image.py).
+SYSTEM_PKGS := prometheus openssl openjdk-17-jre-headless nodejs npm docker.io debootstrap
 system-deps:
 	@if command -v prometheus >/dev/null && command -v promtool >/dev/null \
-	  && command -v openssl >/dev/null; then exit 0; fi; \
+	  && command -v openssl >/dev/null && command -v java >/dev/null \
+	  && command -v node >/dev/null && command -v npm >/dev/null \
+	  && command -v dockerd >/dev/null && command -v debootstrap >/dev/null; then exit 0; fi; \
 	  if [ "$$(id -u)" -ne 0 ]; then \
-	    echo "error: prometheus/promtool/openssl missing; as root run:"; \
+	    echo "error: prometheus/promtool/openssl/java/node/npm/dockerd/debootstrap missing; as root run:"; \
 	    echo "  apt-get update && apt-get install -y --no-install-recommends $(SYSTEM_PKGS)"; \
 	    exit 2; \
 	  fi; \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
 	    $(SYSTEM_PKGS)
 
-test: $(STAMP) system-deps
+# Grafana's dashboard types and TypeScript, exactly as locked, for the dashboard's type-check.
+TYPECHECK := deploy/grafana/typecheck
+$(TYPECHECK)/node_modules/.package-lock.json: $(TYPECHECK)/package.json \
+  $(TYPECHECK)/package-lock.json | system-deps
+	cd $(TYPECHECK) && npm ci --no-audit --no-fund && touch node_modules/.package-lock.json
+
+test: $(STAMP) system-deps $(TYPECHECK)/node_modules/.package-lock.json
 	$(VENV)/bin/ruff check .
 	# pytest exits 5 when it collects no tests; that is a failure here too.
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
@@ -65,5 +80,22 @@ protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iservice/_proto=protos --python_out=. --pyi_out=. \
 	  --grpc_python_out=. $(PROTOS)
 
+# The container image (CPU; VARIANT=cuda for the CUDA one, which needs network access), with
+# no registry: the base is made locally (debootstrap + docker import) when missing, the
+# runtime dependencies are wheels collected here by pip. Needs a running Docker daemon.
+IMAGE      ?= gradsentry:latest
+BASE_IMAGE ?= gradsentry-base:bookworm
+VARIANT    ?= cpu
+DOCKER     ?= docker
+WHEELHOUSE := build/wheelhouse
+$(WHEELHOUSE)/requirements.txt: pyproject.toml deploy/docker/wheelhouse.py $(STAMP)
+	$(PY) deploy/docker/wheelhouse.py $(WHEELHOUSE) --torch "$(TORCH)"
+
+image: $(WHEELHOUSE)/requirements.txt
+	@$(DOCKER) image inspect $(BASE_IMAGE) >/dev/null 2>&1 \
+	  || DOCKER=$(DOCKER) deploy/docker/make-base.sh $(BASE_IMAGE)
+	$(DOCKER) build --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg VARIANT=$(VARIANT) \
+	  -t $(IMAGE) .
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache $(TYPECHECK)/node_modules

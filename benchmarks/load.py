@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -182,10 +183,27 @@ class Server:
             return self.proc.wait(10)
 
 
-def drive(address: str, clients: int, warmup: float, duration: float) -> Outcome:
-    """``clients`` threads calling Check back to back; only calls that start after the
-    warm-up and end before its end + ``duration`` are counted."""
-    requests = demo_requests()
+# ``calls(channel)`` -> the function one client calls with its running request index.
+Calls = Callable[[grpc.Channel], Callable[[int], object]]
+
+
+def check_calls(requests: list[pb.CheckRequest]) -> Calls:
+    """Clients calling Reliability.Check on ``requests`` in turn."""
+
+    def bind(channel: grpc.Channel) -> Callable[[int], object]:
+        check = pb_grpc.ReliabilityStub(channel).Check
+        return lambda i: check(requests[i % len(requests)], timeout=30)
+
+    return bind
+
+
+def drive(
+    address: str, clients: int, warmup: float, duration: float, calls: Calls | None = None
+) -> Outcome:
+    """``clients`` threads calling back to back (``calls``; default Check on the demo
+    digits); only calls that start after the warm-up and end before its end + ``duration``
+    are counted."""
+    call_with = calls if calls is not None else check_calls(demo_requests())
     start = time.monotonic() + warmup
     end = start + duration
     latencies: list[list[float]] = [[] for _ in range(clients)]
@@ -193,7 +211,7 @@ def drive(address: str, clients: int, warmup: float, duration: float) -> Outcome
 
     def client(k: int) -> None:
         with grpc.insecure_channel(address) as channel:
-            check = pb_grpc.ReliabilityStub(channel).Check
+            call = call_with(channel)
             i = k
             while True:
                 t0 = time.monotonic()
@@ -201,7 +219,7 @@ def drive(address: str, clients: int, warmup: float, duration: float) -> Outcome
                     return
                 code = "OK"
                 try:
-                    check(requests[i % len(requests)], timeout=30)
+                    call(i)
                 except grpc.RpcError as exc:
                     code = exc.code().name
                 t1 = time.monotonic()

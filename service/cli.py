@@ -1,4 +1,4 @@
-"""The ``gradsentry`` console script: the library's subcommands plus ``serve`` and ``check``."""
+"""The ``gradsentry`` console script: library subcommands plus ``serve``, ``check``, ``health``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from detectors.cli.main import USER_ERRORS, build_parser
 from detectors.cli.main import main as run_cli
-from service import check
+from service import check, health
 from service.config import ConfigError, load_config
 from service.loader import ModelLoadError
 
@@ -22,7 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The library's parser with ``serve`` and ``check`` added."""
+    """The library's parser with ``serve``, ``check`` and ``health`` added."""
     p = build_parser()
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
     serve = sub.add_parser(
@@ -31,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="YAML config; GRADSENTRY_* override it")
     serve.set_defaults(run=_serve)
     check.add_parser(sub, "check")
+    health.add_parser(sub, "health")
     return p
 
 

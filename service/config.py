@@ -22,6 +22,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from detectors.demo import ARTIFACTS
+from service.models import available_loaders
 from service.spec import InputSpec, SpecError
 
 ENV_PREFIX = "GRADSENTRY_"
@@ -29,6 +30,7 @@ ENV_PREFIX = "GRADSENTRY_"
 ENV_NOT_FIELDS = frozenset({"GRADSENTRY_CONFIG"})
 DEVICES = ("auto", "cpu", "cuda")
 _PATH_FIELDS = (
+    "model_path",
     "model_weights",
     "bundle",
     "tls_cert_file",
@@ -46,11 +48,27 @@ class ConfigError(ValueError):
 class ServerConfig:
     """Everything the sidecar needs to start; defaults serve the bundled demo locally.
 
-    Model: ``model_factory`` ("module:callable" returning an ``nn.Module``) built, then
-    ``model_weights`` loaded into it with ``torch.load(weights_only=True)``; ``bundle`` is the
-    detector bundle fitted for that model. Input: ``input_shape`` (C, H, W),
-    ``input_dtype``, ``input_range`` (min, max), optional per-channel ``input_mean`` /
-    ``input_std`` applied by the server, class ``labels``.
+    Model (``service.models`` loads it; empty strings mean "not set"):
+
+    - ``model_format`` "eager" (default): ``model_factory`` ("module:callable" returning an
+      ``nn.Module``) built, then ``model_weights`` (a state dict) loaded into it with
+      ``torch.load(weights_only=True)``. Neither set: the bundled demo model; only
+      ``model_weights`` set: the demo architecture with those weights; only
+      ``model_factory`` set: the factory's own weights.
+    - "torchscript", "mar" (TorchServe archive), "onnx", or "auto" (detected from the file):
+      ``model_path`` is the deployed artifact, the very file the model server serves.
+      ``model_factory`` is optional here: the eager twin of a TorchScript module (required
+      for "torchscript"), or an override of a .mar's ``modelFile``. ``model_weights`` is
+      refused: the weights are in the artifact.
+
+    ``bundle`` is the detector bundle fitted for that model.
+
+    Input (each unset field — empty — is taken from what the artifact states: a .mar's
+    ``input_spec.json`` and ``index_to_name.json``, an ONNX graph's input shape and dtype; a
+    field the config sets wins over the artifact; with neither, the demo's values: [1, 28,
+    28] float32 in [0, 1], no normalisation, no labels — the demo model has labels "0".."9"):
+    ``input_shape`` (C, H, W), ``input_dtype``, ``input_range`` (min, max), optional
+    per-channel ``input_mean`` / ``input_std`` applied by the server, class ``labels``.
 
     Security (each empty = off): ``tls_cert_file`` + ``tls_key_file`` (PEM, both or neither)
     serve TLS; ``tls_client_ca_file`` (PEM) also requires client certificates signed by it
@@ -65,15 +83,17 @@ class ServerConfig:
     max_delay_ms: float = 5.0
     queue_size: int = 256
     device: str = "auto"
-    model_factory: str = "detectors.demo.model:build_model"
-    model_weights: str = str(ARTIFACTS / "model.pt")
+    model_format: str = "eager"
+    model_path: str = ""
+    model_factory: str = ""
+    model_weights: str = ""
     bundle: str = str(ARTIFACTS / "bundle")
-    input_shape: tuple[int, ...] = (1, 28, 28)
-    input_dtype: str = "float32"
-    input_range: tuple[float, ...] = (0.0, 1.0)
+    input_shape: tuple[int, ...] = ()
+    input_dtype: str = ""
+    input_range: tuple[float, ...] = ()
     input_mean: tuple[float, ...] = ()
     input_std: tuple[float, ...] = ()
-    labels: tuple[str, ...] = tuple(str(d) for d in range(10))
+    labels: tuple[str, ...] = ()
     max_message_bytes: int = 16 * 1024 * 1024
     # gRPC handler threads: each blocks on one queued input, so fewer threads than
     # max_batch_size would cap how many concurrent calls can share a batch.
@@ -109,32 +129,67 @@ class ServerConfig:
             raise ConfigError(
                 f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
             )
-        if ":" not in self.model_factory:
+        self._check_model_fields()
+        if self.input_shape and len(self.input_shape) != 3:
+            raise ConfigError(f"input_shape: must be [C, H, W], got {list(self.input_shape)}")
+        if self.input_range and len(self.input_range) != 2:
+            raise ConfigError(f"input_range: must be [min, max], got {list(self.input_range)}")
+        try:
+            # Unset fields may still come from the artifact; check what is set on its own
+            # (mean/std against input_shape when set, else against their own length).
+            channels = max(len(self.input_mean), len(self.input_std), 1)
+            self.input_spec({"shape": (channels, 1, 1)})
+        except SpecError as exc:
+            raise ConfigError(f"input: {exc}") from exc
+
+    def _check_model_fields(self) -> None:
+        known = ("auto", *available_loaders())
+        if self.model_format not in known:
+            raise ConfigError(
+                f"model_format: unknown format {self.model_format!r} (known: {', '.join(known)})"
+            )
+        if self.model_factory and ":" not in self.model_factory:
             raise ConfigError(
                 "model_factory: must look like 'package.module:callable', "
                 f"got {self.model_factory!r}"
             )
-        if len(self.input_range) != 2:
-            raise ConfigError(f"input_range: must be [min, max], got {list(self.input_range)}")
-        try:
-            self.input_spec()
-        except SpecError as exc:
-            raise ConfigError(f"input: {exc}") from exc
+        if self.model_format == "eager":
+            if self.model_path:
+                raise ConfigError(
+                    "model_path: not used with model_format 'eager' (the state dict goes in "
+                    "model_weights); for a deployed artifact set model_format (torchscript, "
+                    "mar, onnx or auto)"
+                )
+            return
+        if not self.model_path:
+            raise ConfigError(
+                f"model_path: model_format {self.model_format!r} needs the path of the "
+                "deployed model file (.mar, .pt, .onnx)"
+            )
+        if self.model_weights:
+            raise ConfigError(
+                f"model_weights: only for model_format 'eager'; with {self.model_format!r} the "
+                "weights are read from model_path"
+            )
 
-    def input_spec(self) -> InputSpec:
-        """The model's InputSpec from the input_* fields and labels."""
-        if len(self.input_shape) != 3:
-            raise SpecError(f"input_shape must be [C, H, W], got {list(self.input_shape)}")
-        c, h, w = self.input_shape
-        lo, hi = self.input_range
-        return InputSpec(
-            shape=(c, h, w),
-            dtype=self.input_dtype,
-            value_range=(lo, hi),
-            mean=self.input_mean,
-            std=self.input_std,
-            labels=self.labels,
-        )
+    def input_spec(self, stated: Mapping[str, Any] | None = None) -> InputSpec:
+        """The model's InputSpec: each input_* field and ``labels`` when set here, else the
+        value in ``stated`` (InputSpec field names: what the artifact states about itself,
+        see ``service.models.stated_spec``), else InputSpec's default. Raises SpecError."""
+        fields: dict[str, Any] = dict(stated or {})
+        own = {
+            "shape": self.input_shape,
+            "dtype": self.input_dtype,
+            "value_range": self.input_range,
+            "mean": self.input_mean,
+            "std": self.input_std,
+            "labels": self.labels,
+        }
+        fields.update({key: value for key, value in own.items() if value})
+        # mean and std travel together: one set here replaces the artifact's pair.
+        if self.input_mean or self.input_std:
+            fields["mean"], fields["std"] = self.input_mean, self.input_std
+        return InputSpec(**fields)
 
 
 def load_config(

@@ -1,16 +1,34 @@
-"""Build the scoring pipeline a config describes: model, weights, bundle, device."""
+"""Build the scoring pipeline a config describes: model, input spec, bundle, device.
+
+The model comes from ``service.models`` (eager factory + state dict, TorchScript, TorchServe
+``.mar``, ONNX); its input spec is the config's input fields, each unset one filled in from
+what the artifact states (``service.models.stated_spec``) — the config wins when it sets a
+field. Every model failure is a ``ModelLoadError`` raised before anything listens.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import logging
+from typing import Any
 
-from detectors.models import ModelLoadError, load_eager_model
+import torch
+
+from detectors.demo import ARTIFACTS
 from detectors.sentry import Sentry
+from service import models
 from service.config import ServerConfig
+from service.models import LoadedModel, ModelLoadError
 from service.pipeline import Pipeline
+from service.spec import SpecError
 
 __all__ = ["ModelLoadError", "build_pipeline", "load_model", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+# The bundled demo, served when an eager config names no factory.
+DEMO_FACTORY = "detectors.demo.model:build_model"
+DEMO_WEIGHTS = ARTIFACTS / "model.pt"
+DEMO_LABELS = tuple(str(d) for d in range(10))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -22,14 +40,50 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(config: ServerConfig, device: torch.device) -> nn.Module:
-    """``model_factory()`` with ``model_weights`` (``weights_only=True``), in eval mode."""
-    return load_eager_model(config.model_factory, config.model_weights, device)
+def model_source(config: ServerConfig) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(format, loader options except spec/device, InputSpec fields the artifact states).
+
+    "auto" is resolved to the detected format. Eager without a factory is the bundled demo
+    (its weights unless ``model_weights`` is set, its digit labels)."""
+    if config.model_format == "eager":
+        if config.model_factory:
+            return (
+                "eager",
+                {"factory": config.model_factory, "path": config.model_weights or None},
+                {},
+            )
+        weights = config.model_weights or str(DEMO_WEIGHTS)
+        return "eager", {"factory": DEMO_FACTORY, "path": weights}, {"labels": DEMO_LABELS}
+    path = config.model_path
+    name = models.detect_format(path) if config.model_format == "auto" else config.model_format
+    if name == "eager" and not config.model_factory:
+        raise ModelLoadError(
+            f"{path} is a state dict: set model_factory to the 'package.module:callable' "
+            "that builds its model"
+        )
+    options = {"path": path, "factory": config.model_factory or None}
+    return name, options, models.stated_spec(name, path)
+
+
+def load_model(config: ServerConfig, device: torch.device) -> LoadedModel:
+    """The configured model in eval mode on ``device``, with the spec it is served with."""
+    name, options, stated = model_source(config)
+    try:
+        spec = config.input_spec(stated)
+    except SpecError as exc:
+        raise ModelLoadError(f"input spec of {options.get('path')}: {exc}") from None
+    loaded = models.load(name, **options, spec=spec, device=device)
+    log.info("model %s", loaded.source)
+    return loaded
 
 
 def build_pipeline(config: ServerConfig) -> Pipeline:
     """Model + verified bundle -> Pipeline (not yet warmed up)."""
     device = resolve_device(config.device)
-    model = load_model(config, device)
-    sentry = Sentry.load(model, config.bundle, device="cuda" if device.type == "cuda" else "cpu")
-    return Pipeline(sentry, config.input_spec(), device, config.max_batch_size)
+    loaded = load_model(config, device)
+    if loaded.spec is None:  # loaders return the spec they were given; guard the contract
+        raise ModelLoadError(f"{loaded.source}: the loader returned no input spec")
+    sentry = Sentry.load(
+        loaded.model, config.bundle, device="cuda" if device.type == "cuda" else "cpu"
+    )
+    return Pipeline(sentry, loaded.spec, device, config.max_batch_size)

@@ -131,6 +131,13 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
+        # Alerts and dashboards read the depth as a fraction of this; 0 until the server sets it.
+        self.queue_capacity = Gauge(
+            "queue_capacity",
+            "Inputs the queue holds at most (queue_size); beyond it calls are refused.",
+            namespace=ns,
+            registry=registry,
+        )
         self.score = Histogram(
             "score",
             "Detector score per input: the probability that the input is challenging.",
@@ -182,6 +189,10 @@ class Metrics:
     def set_queue_depth(self, n: int) -> None:
         """Inputs waiting for the model right now."""
         self.queue_depth.set(n)
+
+    def set_queue_capacity(self, n: int) -> None:
+        """The most inputs the queue holds (the server's ``queue_size``)."""
+        self.queue_capacity.set(n)
 
     def observe_batch(self, size: int) -> None:
         """One model batch of ``size`` inputs ran."""

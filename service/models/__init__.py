@@ -11,17 +11,20 @@ from service.models.registry import (
     LoadedModel,
     Loader,
     ModelLoadError,
+    SpecReader,
     available_loaders,
     detect_format,
     get_loader,
     load,
     register_loader,
+    stated_spec,
 )
 
 __all__ = [
     "LoadedModel",
     "Loader",
     "ModelLoadError",
+    "SpecReader",
     "available_loaders",
     "detect_format",
     "eager",
@@ -30,5 +33,6 @@ __all__ = [
     "mar",
     "onnx",
     "register_loader",
+    "stated_spec",
     "torchscript",
 ]

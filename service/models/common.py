@@ -106,16 +106,13 @@ def parse_index_to_name(data: bytes, where: str) -> list[str]:
 def merge_labels(
     spec: InputSpec | None, labels: list[str] | None, where: str
 ) -> tuple[InputSpec | None, list[str] | None]:
-    """Labels from the artifact and from the spec agree; return the spec carrying them."""
-    if labels is None:
-        return spec, (list(spec.labels) if spec is not None and spec.labels else None)
-    if spec is None:
-        return None, labels
-    if spec.labels and list(spec.labels) != labels:
-        raise ModelLoadError(
-            f"labels from {where} {labels[:5]}… differ from the configured labels "
-            f"{list(spec.labels)[:5]}…; leave labels unset to use the archive's"
-        )
+    """The class labels to serve and the spec carrying them: the spec's own labels when it
+    has any (the caller's configuration wins), else ``labels`` from the artifact at
+    ``where``. Their count is checked against the model's logits by ``finish``."""
+    if spec is not None and spec.labels:
+        return spec, list(spec.labels)
+    if labels is None or spec is None:
+        return spec, labels
     return replace(spec, labels=tuple(labels)), labels
 
 

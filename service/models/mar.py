@@ -14,11 +14,12 @@ archives, the ``modelFile`` holding the model class. Like TorchServe's base hand
   archive's ``modelFile`` class; neither is refused with the reason.
 
 ``factory`` ("package.module:callable") overrides the archive's ``modelFile`` in both cases.
-Class labels come from ``index_to_name.json`` when present. The input spec is the ``spec``
-argument, else the archive's optional ``input_spec.json`` (``{"shape": [1, 28, 28],
-"dtype": "float32", "value_range": [0, 1], "mean": [], "std": []}``), else None. The
-archive's handler is not run: preprocessing it does (resizing, normalisation) must be stated
-in the spec.
+Class labels are the ``spec``'s when it has labels, else ``index_to_name.json``'s when
+present. The input spec is the ``spec`` argument, else the archive's optional
+``input_spec.json`` (``{"shape": [1, 28, 28], "dtype": "float32", "value_range": [0, 1],
+"mean": [], "std": []}``), else None; ``read_stated_spec`` returns what the archive states so
+a caller can fill in only the fields it leaves unset. The archive's handler is not run:
+preprocessing it does (resizing, normalisation) must be stated in the spec.
 """
 
 from __future__ import annotations
@@ -56,7 +57,22 @@ _SPEC_KEYS = ("shape", "dtype", "value_range", "mean", "std")
 _imports = itertools.count()
 
 
-@register_loader("mar")
+def read_stated_spec(path: Path) -> dict[str, Any]:
+    """The InputSpec fields the archive states: ``input_spec.json``'s keys and ``labels``
+    from ``index_to_name.json``, each only when present (the registry's ``spec_reader``)."""
+    with MarArchive(path) as archive:
+        archive.manifest()  # a broken manifest is reported before anything else
+        fields: dict[str, Any] = {}
+        if archive.has(SPEC_FILE):
+            where = f"{path.name}:{SPEC_FILE}"
+            fields.update(spec_fields_from_json(archive.read(SPEC_FILE), where))
+        if archive.has(LABELS_FILE):
+            where = f"{path.name}:{LABELS_FILE}"
+            fields["labels"] = tuple(parse_index_to_name(archive.read(LABELS_FILE), where))
+    return fields
+
+
+@register_loader("mar", spec_reader=read_stated_spec)
 def load_mar(
     *,
     path: str | Path,
@@ -109,6 +125,15 @@ def load_mar(
 def spec_from_json(data: bytes, where: str) -> InputSpec:
     """An InputSpec from JSON with keys among shape, dtype, value_range, mean, std."""
     try:
+        return InputSpec(**spec_fields_from_json(data, where))
+    except (SpecError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{where}: {exc}") from None
+
+
+def spec_fields_from_json(data: bytes, where: str) -> dict[str, Any]:
+    """The InputSpec fields in JSON with keys among shape, dtype, value_range, mean, std, typed
+    as InputSpec takes them (tuples of int / float); values are checked by InputSpec."""
+    try:
         raw: Any = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{where} is not valid JSON: {exc}") from None
@@ -128,10 +153,7 @@ def spec_from_json(data: bytes, where: str) -> InputSpec:
         ):
             raise ModelLoadError(f"{where}: {key} must be a list of numbers, got {value!r}")
         fields[key] = tuple(number(v) for v in value)
-    try:
-        return InputSpec(**fields)
-    except (SpecError, TypeError, ValueError) as exc:
-        raise ModelLoadError(f"{where}: {exc}") from None
+    return fields
 
 
 def _serialized_kind(weights: Path, archive: Path, name: str) -> str:

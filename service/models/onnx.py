@@ -14,6 +14,7 @@ whose batch dimension is fixed is checked in batches of that size.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnxruntime as ort
@@ -29,7 +30,26 @@ DEFAULT_TOLERANCE = 1e-4
 _DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64"}
 
 
-@register_loader("onnx")
+def read_model(path: Path) -> onnx.ModelProto:
+    """The checked ONNX model at ``path``; any failure is a ModelLoadError."""
+    if not path.is_file():
+        raise ModelLoadError(f"ONNX file not found: {path}")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # protobuf decode errors, checker errors, missing external data
+        raise ModelLoadError(f"{path} is not a valid ONNX model: {_first_line(exc)}") from None
+    return model
+
+
+def read_stated_spec(path: Path) -> dict[str, Any]:
+    """``shape`` and ``dtype`` of the graph's input when C, H, W are static, else ``{}``
+    (the registry's ``spec_reader``)."""
+    _, spec = _graph_input(read_model(path), path)
+    return {} if spec is None else {"shape": spec.shape, "dtype": spec.dtype}
+
+
+@register_loader("onnx", spec_reader=read_stated_spec)
 def load_onnx(
     *,
     path: str | Path,
@@ -39,13 +59,7 @@ def load_onnx(
 ) -> LoadedModel:
     """The ONNX classifier at ``path`` as a verified torch twin (see module doc)."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"ONNX file not found: {path}")
-    try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
-    except Exception as exc:  # protobuf decode errors, checker errors, missing external data
-        raise ModelLoadError(f"{path} is not a valid ONNX model: {_first_line(exc)}") from None
+    model = read_model(path)
     twin = convert(model)
     batch, graph_spec = _graph_input(model, path)
     if spec is None:

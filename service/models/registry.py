@@ -9,8 +9,12 @@ human-readable description of where it came from. Each format is one module regi
 ``load(format, **options)`` calls the loader named ``format`` with keyword options only
 (each loader documents its own; an option set to None that the format does not take is
 ignored, any other unknown option is an error); ``load("auto", path=...)`` picks the format
-with ``detect_format``. Every failure — unknown format, wrong option, missing or corrupt file,
-weights that do not fit — is a ``ModelLoadError`` whose message says what to fix.
+with ``detect_format``. A format whose artifact states facts about its input (a ``.mar``'s
+``input_spec.json`` and ``index_to_name.json``, an ONNX graph's input) registers a
+``spec_reader``; ``stated_spec(format, path)`` returns those facts so a caller can fill in
+what its own configuration leaves unset before loading. Every failure — unknown format,
+wrong option, missing or corrupt file, weights that do not fit — is a ``ModelLoadError``
+whose message says what to fix.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ __all__ = [
     "LoadedModel",
     "Loader",
     "ModelLoadError",
+    "SpecReader",
     "available_loaders",
     "detect_format",
     "get_loader",
     "load",
     "register_loader",
+    "stated_spec",
 ]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -61,12 +67,18 @@ class LoadedModel:
 
 # ``loader(**options) -> LoadedModel``; options are keyword-only and loader specific.
 Loader = Callable[..., LoadedModel]
+# ``reader(path) -> {field: value}``: the InputSpec fields (shape, dtype, value_range, mean,
+# std, labels) an artifact states about itself, typed as InputSpec takes them; only those it
+# states. Cheap: reads metadata, never builds the model.
+SpecReader = Callable[[Path], dict[str, Any]]
 _LOADERS: dict[str, Loader] = {}
+_SPEC_READERS: dict[str, SpecReader] = {}
 F = TypeVar("F", bound=Loader)
 
 
-def register_loader(name: str) -> Callable[[F], F]:
-    """Decorator: make ``loader`` available as ``load(name, ...)``."""
+def register_loader(name: str, *, spec_reader: SpecReader | None = None) -> Callable[[F], F]:
+    """Decorator: make ``loader`` available as ``load(name, ...)``; ``spec_reader`` (optional)
+    answers ``stated_spec(name, path)`` for this format."""
     if not _NAME.match(name):
         raise ValueError(f"loader names are lower-case identifiers, got {name!r}")
 
@@ -74,9 +86,21 @@ def register_loader(name: str) -> Callable[[F], F]:
         if name in _LOADERS and _LOADERS[name] is not loader:
             raise ValueError(f"a model loader named {name!r} is already registered")
         _LOADERS[name] = loader
+        if spec_reader is not None:
+            _SPEC_READERS[name] = spec_reader
         return loader
 
     return decorate
+
+
+def stated_spec(format: str, path: str | Path) -> dict[str, Any]:
+    """The InputSpec fields the artifact at ``path`` states (``{}`` for formats that state
+    none, e.g. a state dict); ``format`` "auto" detects it first. Raises ModelLoadError for an
+    unknown format or an unreadable artifact."""
+    name = detect_format(path) if format == "auto" else format
+    get_loader(name)  # unknown formats fail here with the list of known ones
+    reader = _SPEC_READERS.get(name)
+    return {} if reader is None else reader(Path(path))
 
 
 def available_loaders() -> dict[str, Loader]:

@@ -14,7 +14,7 @@ def test_defaults_serve_the_bundled_demo_locally() -> None:
     config = load_config(environ={})
     assert (config.host, config.port, config.metrics_port) == ("127.0.0.1", 50051, 9464)
     assert Path(config.bundle) == ARTIFACTS / "bundle"
-    assert Path(config.model_weights) == ARTIFACTS / "model.pt"
+    assert (config.model_format, config.model_factory, config.model_weights) == ("eager", "", "")
     assert config.input_spec().shape == (1, 28, 28)
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]

@@ -4,156 +4,42 @@ through Prometheus's HTTP API."""
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
 import pytest
-import torch
 
 from detectors.challenges.registry import ChallengeContext, parse_spec
 from detectors.demo import load_demo_model
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
-from service.config import load_config
-from service.server import SentryServer, create_server
-
-WAIT = 60.0  # seconds: bound of every wait on Prometheus
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, probe: Callable[[], T | None], log: Path | None = None) -> T:
-    """Poll ``probe`` until it returns something other than None, at most WAIT seconds."""
-    deadline = time.monotonic() + WAIT
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            got = probe()
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            got, last = None, exc
-        if got is not None:
-            return got
-        time.sleep(0.5)
-    tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
-    pytest.fail(f"{what}: not within {WAIT:.0f} s (last error: {last!r})\n{tail}")
-
-
-class Prometheus:
-    """A running Prometheus and its HTTP API."""
-
-    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-        self.process = process
-        self.url = url
-        self.log = log
-
-    def get(self, path: str, **params: str) -> dict[str, Any]:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=10) as reply:
-            body = json.load(reply)
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """Instant vector result of ``promql``: [{"metric": {...}, "value": [t, "v"]}]."""
-        data = self.get("/api/v1/query", query=promql)
-        assert data["resultType"] == "vector", data
-        return data["result"]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=20)
+from service.server import SentryServer
+from tests.prometheus_helpers import (
+    Prometheus,
+    running_prometheus,
+    scrape_config,
+    start_sidecar,
+    target_up,
+    tensor_request,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
 def sidecar() -> Iterator[SentryServer]:
-    torch.set_num_threads(1)
-    environ = {"GRADSENTRY_PORT": "0", "GRADSENTRY_METRICS_PORT": "0", "GRADSENTRY_DEVICE": "cpu"}
-    running, _ = create_server(load_config(environ=environ))
-    yield running
-    running.stop(None).wait(10)
+    with start_sidecar() as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def prometheus(sidecar: SentryServer, tmp_path_factory) -> Iterator[Prometheus]:
-    binary, promtool = shutil.which("prometheus"), shutil.which("promtool")
-    assert binary and promtool, (
-        "prometheus/promtool not found: install Debian's prometheus package (make system-deps)"
-    )
+    assert sidecar.metrics_port is not None
     root = tmp_path_factory.mktemp("prometheus")
-    config = root / "prometheus.yml"
-    config.write_text(
-        "global:\n"
-        "  scrape_interval: 1s\n"
-        "  scrape_timeout: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: gradsentry\n"
-        "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{sidecar.metrics_port}']\n"
-    )
-    check = subprocess.run(
-        [promtool, "check", "config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-    port = free_port()
-    log = root / "prometheus.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={root / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    server = Prometheus(process, f"http://127.0.0.1:{port}", log)
-    try:
+    with running_prometheus(scrape_config(sidecar.metrics_port), root) as server:
         yield server
-    finally:  # never leave Prometheus running, whatever failed
-        server.stop()
-
-
-def target_up(prometheus: Prometheus) -> bool | None:
-    if prometheus.process.poll() is not None:
-        pytest.fail(
-            f"prometheus exited with {prometheus.process.returncode}:\n"
-            + prometheus.log.read_text(errors="replace")[-3000:]
-        )
-    targets = prometheus.get("/api/v1/targets")["activeTargets"]
-    return True if any(t["health"] == "up" for t in targets) else None
-
-
-def tensor_request(x: np.ndarray) -> pb.CheckRequest:
-    """x float32 [1, 28, 28]."""
-    tensor = pb.Tensor(dtype=pb.FLOAT32, shape=list(x.shape), data=x.astype("<f4").tobytes())
-    return pb.CheckRequest(tensor=tensor)
 
 
 def test_prometheus_scrapes_verdicts_and_latency(sidecar, prometheus, samples) -> None:

@@ -192,11 +192,14 @@ def test_model_file_may_import_archived_helpers(tmp_path: Path) -> None:
     assert "gs_helpers" not in sys.modules  # another archive's helper of that name is not shadowed
 
 
-def test_labels_must_be_consistent(tmp_path: Path) -> None:
+def test_configured_labels_win_and_every_label_count_is_checked(tmp_path: Path) -> None:
     path = write_mar(tmp_path / "a.mar", eager_mar_files(), manifest())
     other = InputSpec(labels=tuple(str(d) for d in range(10)))
-    with pytest.raises(ModelLoadError, match="differ from the configured labels"):
-        load("mar", path=path, spec=other)
+    loaded = load("mar", path=path, spec=other)
+    assert loaded.labels == list(other.labels) and loaded.spec == other  # not the archive's
+    assert load("mar", path=path, spec=InputSpec()).labels == DIGIT_NAMES
+    with pytest.raises(ModelLoadError, match="returns 10 logits but 2 labels are given"):
+        load("mar", path=path, spec=InputSpec(labels=("a", "b")))
     files = eager_mar_files()
     files["index_to_name.json"] = json.dumps({"0": "zero", "2": "two"})
     with pytest.raises(ModelLoadError, match=r"keys must be 0 .. 1 without gaps"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zipfile
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,10 @@ from service.models import (
     detect_format,
     load,
     register_loader,
+    stated_spec,
 )
-from tests.service.models.artifacts import BUILDERS, DEMO_FACTORY, SPEC
+from service.spec import InputSpec
+from tests.service.models.artifacts import BUILDERS, DEMO_FACTORY, DIGIT_NAMES, SPEC
 
 LOADERS = sorted(available_loaders())
 
@@ -58,6 +60,23 @@ def test_features_through_each_loader_equal_the_eager_models(
     torch.testing.assert_close(features, demo_features[1], rtol=1e-4, atol=1e-4)
     assert detect_format(options["path"]) == name
     assert load("auto", **options).source == loaded.source
+
+
+@pytest.mark.parametrize("name", LOADERS)
+def test_stated_spec_is_what_each_artifact_says_about_its_input(name: str, tmp_path: Path) -> None:
+    options = BUILDERS[name](tmp_path)
+    stated = stated_spec(name, options["path"])
+    assert stated == stated_spec("auto", options["path"])
+    assert set(stated) <= {f.name for f in fields(InputSpec)}
+    spec = InputSpec(**stated)  # typed as InputSpec takes them
+    expected = {
+        "eager": {},
+        "torchscript": {},
+        "mar": {"labels": tuple(DIGIT_NAMES)},  # the test archive has no input_spec.json
+        "onnx": {"shape": (1, 28, 28), "dtype": "float32"},
+    }
+    assert stated == expected.get(name, stated)
+    assert spec.shape == (1, 28, 28)
 
 
 def test_a_mar_loaded_model_is_the_model_the_committed_bundle_was_fitted_for(
