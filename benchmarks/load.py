@@ -90,12 +90,19 @@ def machine_cpu() -> tuple[float, float]:
 
 
 def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` used so far (Linux; NaN elsewhere)."""
+    """CPU seconds (user + system) process ``pid`` and its live children (the model worker)
+    used so far (Linux; NaN elsewhere)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = [
+            int(c)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()
+        ]
     except OSError:
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(process_cpu(c) for c in children)
 
 
 def demo_requests() -> list[pb.CheckRequest]:

@@ -9,7 +9,8 @@ Compares, at batch 16 and 64 on this machine's CPU:
 after checking all three feature paths agree. Peak memory of each path at batch 64 is
 measured in a fresh subprocess (peak RSS growth over the loaded model).
 
-    python benchmarks/probe_cost.py [--repeats 7] [--json out.json]
+    python benchmarks/probe_cost.py [--repeats 7] [--threads N] [--clock wall|cpu]
+                                    [--json out.json]
 """
 
 from __future__ import annotations
@@ -100,8 +101,19 @@ def check_agreement(model: torch.nn.Module, x: torch.Tensor) -> float:
     return max(rel_loop, rel_vmap)
 
 
-def time_paths(model: torch.nn.Module, batch: int, repeats: int) -> dict[str, float]:
+CLOCKS: dict[str, Callable[[], float]] = {
+    # Wall time: what a caller waits. CPU time of the whole process (all threads): the work a
+    # call costs, which other load on a shared machine barely changes.
+    "wall": time.perf_counter,
+    "cpu": time.process_time,
+}
+
+
+def time_paths(
+    model: torch.nn.Module, batch: int, repeats: int, clock: str = "wall"
+) -> dict[str, float]:
     """Median seconds per call, paths interleaved round-robin so machine noise hits all alike."""
+    now = CLOCKS[clock]
     run = paths(model)
     x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
     for fn in run.values():  # warm-up
@@ -109,9 +121,9 @@ def time_paths(model: torch.nn.Module, batch: int, repeats: int) -> dict[str, fl
     samples: dict[str, list[float]] = {k: [] for k in run}
     for _ in range(repeats):
         for name, fn in run.items():
-            t0 = time.perf_counter()
+            t0 = now()
             fn(x)
-            samples[name].append(time.perf_counter() - t0)
+            samples[name].append(now() - t0)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -162,6 +174,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--json", type=Path, help="also write the measurements as JSON")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall seconds, or CPU seconds of all threads (robust on a busy machine)",
+    )
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -169,16 +188,23 @@ def main() -> None:
         peak_memory_worker(args.memory_worker, args.batch)
         return
 
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = trained_like_resnet18()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-18 at 3×32×32")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-18 at 3×32×32, "
+        f"{args.clock} clock"
+    )
     err = check_agreement(model, torch.rand(8, 3, 32, 32))
     print(f"agreement: probe vs loop vs pytorch-ood vmap, max relative difference {err:.1e}")
     if err > 1e-4:
         raise SystemExit("feature paths disagree; timings would be meaningless")
     result: dict[str, object] = {"agreement_max_rel": err, "timing": {}, "memory": {}}
     for batch in args.batches:
-        t = time_paths(model, batch, args.repeats)
+        t = time_paths(model, batch, args.repeats, args.clock)
         result["timing"][batch] = t  # type: ignore[index]
         print(f"\nbatch {batch}: median of {args.repeats}, ratio to one forward pass")
         for name, sec in t.items():

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from service.errors import DrainingError, QueueFullError
-from service.pipeline import Pipeline, Result
+from service.pipeline import BasePipeline, Result
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Batcher:
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: BasePipeline,
         max_batch_size: int,
         max_delay_ms: float,
         queue_size: int,

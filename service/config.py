@@ -29,6 +29,7 @@ ENV_PREFIX = "GRADSENTRY_"
 # GRADSENTRY_* variables that are not fields (read by launchers, not by load_config).
 ENV_NOT_FIELDS = frozenset({"GRADSENTRY_CONFIG"})
 DEVICES = ("auto", "cpu", "cuda")
+MODEL_WORKERS = ("process", "inline")
 _PATH_FIELDS = (
     "model_path",
     "model_weights",
@@ -99,6 +100,11 @@ class ServerConfig:
     # max_batch_size would cap how many concurrent calls can share a batch.
     max_workers: int = 64
     grace_seconds: float = 10.0
+    # "process": the model runs in a child process (service.worker), so gRPC handling and
+    # the model use separate cores; "inline": in the server process (simplest to debug).
+    model_worker: str = "process"
+    # torch intra-op threads for the model; 0 keeps torch's default (one per visible core).
+    torch_threads: int = 0
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
@@ -124,6 +130,14 @@ class ServerConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name}: must be a finite number >= 0, got {value}")
+        if self.model_worker not in MODEL_WORKERS:
+            raise ConfigError(
+                f"model_worker: must be one of {list(MODEL_WORKERS)}, got {self.model_worker!r}"
+            )
+        if self.torch_threads < 0:
+            raise ConfigError(
+                f"torch_threads: must be >= 0 (0: torch's default), got {self.torch_threads}"
+            )
         base = self.device.split(":", 1)[0]
         if base not in DEVICES or (":" in self.device and base != "cuda"):
             raise ConfigError(

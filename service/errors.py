@@ -17,3 +17,7 @@ class NotReadyError(RuntimeError):
 
 class DrainingError(RuntimeError):
     """The server is shutting down (UNAVAILABLE)."""
+
+
+class WorkerError(RuntimeError):
+    """The model worker process died while scoring; it is restarted (UNAVAILABLE: retry)."""

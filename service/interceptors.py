@@ -18,7 +18,13 @@ from typing import Any, NoReturn
 
 import grpc
 
-from service.errors import ClientError, DrainingError, NotReadyError, QueueFullError
+from service.errors import (
+    ClientError,
+    DrainingError,
+    NotReadyError,
+    QueueFullError,
+    WorkerError,
+)
 from service.metrics import UNKNOWN_METHOD, Metrics
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,7 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReadyError, grpc.StatusCode.FAILED_PRECONDITION),
     (DrainingError, grpc.StatusCode.UNAVAILABLE),
+    (WorkerError, grpc.StatusCode.UNAVAILABLE),
     (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 

@@ -38,7 +38,7 @@ from prometheus_client import (
 from prometheus_client.exposition import start_http_server
 
 if TYPE_CHECKING:  # only for the annotation: metrics need no torch at import time
-    from service.pipeline import Pipeline
+    from service.pipeline import BasePipeline
 
 NAMESPACE = "gradsentry"
 STAGES: tuple[str, ...] = ("decode", "queue", "forward", "backward", "statistics", "detector")
@@ -265,10 +265,10 @@ class MetricsHTTPServer:
         self._thread.join(timeout=5)
 
 
-def model_info(pipeline: Pipeline) -> dict[str, Any]:
+def model_info(pipeline: BasePipeline) -> dict[str, Any]:
     """``Metrics.set_info`` keyword arguments for the pipeline's model and detector bundle,
     with the versions of the serving stack."""
-    manifest = pipeline.sentry.bundle.manifest
+    manifest = pipeline.manifest
     versions = {"python": platform.python_version()}
     for dist in ("gradsentry", "torch", "onnxruntime", "grpcio"):
         try:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,11 +56,14 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class Pipeline:
-    """Scores batches of validated inputs with one Sentry on one device.
+class BasePipeline:
+    """Scores batches of validated inputs on one device; subclasses say where the model runs.
 
-    Calls are serialised with a lock: the feature extractor installs hooks on the model, so
-    two batches must never run through it at once.
+    A subclass implements ``_check(batch) -> Verdicts`` (called with ``_lock`` held: one
+    batch at a time) and sets ``manifest`` (the detector bundle's manifest). Everything
+    else — chunking, padding, calibration, warm-up, per-input Results — lives here, so the
+    in-process ``Pipeline`` and the child-process ``service.worker.ProcessPipeline`` answer
+    alike.
 
     Batch invariance: BLAS and oneDNN kernels take other code paths (another float summation
     order) for batches of a few rows, so an input's logits differ in the last bits between a
@@ -70,27 +74,38 @@ class Pipeline:
     batched with others.
     """
 
-    def __init__(
-        self, sentry: Sentry, spec: InputSpec, device: torch.device, max_batch_size: int
-    ) -> None:
+    manifest: dict[str, Any]
+
+    def __init__(self, spec: InputSpec, device: torch.device | str, max_batch_size: int) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self.sentry = sentry
         self.spec = spec
-        self.device = device
+        self.device = torch.device(device)
         self.max_batch_size = max_batch_size
         self.min_rows = 1  # set by calibrate()
         self._lock = threading.Lock()
 
     @property
+    def threshold(self) -> float:
+        """The detector's decision threshold on P(challenging)."""
+        return float(self.manifest["threshold"])
+
+    @property
     def feature_names(self) -> list[str]:
         """Names of the detector's feature columns, in order."""
-        return [str(col["name"]) for col in self.sentry.bundle.manifest["feature_schema"]]
+        return [str(col["name"]) for col in self.manifest["feature_schema"]]
 
     @property
     def kinds(self) -> list[str]:
         """Challenge kinds the detector distinguishes."""
-        return [str(k) for k in self.sentry.bundle.manifest["kinds"]]
+        return [str(k) for k in self.manifest["kinds"]]
+
+    def close(self) -> None:
+        """Release what the pipeline holds (nothing here; a child process in subclasses)."""
+
+    def _check(self, batch: np.ndarray) -> Verdicts:
+        """batch [B, C, H, W] -> Verdicts (caller holds the lock)."""
+        raise NotImplementedError
 
     def run(self, inputs: Sequence[np.ndarray], pad: bool = True) -> list[Result]:
         """Score inputs, each [1, C, H, W] of ``spec.dtype``, in chunks of max_batch_size.
@@ -156,11 +171,6 @@ class Pipeline:
             verdicts = self._check(batch)
         return self._split(verdicts, queue_seconds=waited, n=len(inputs))
 
-    def _check(self, batch: np.ndarray) -> Verdicts:
-        """batch [B, C, H, W] -> Verdicts (caller holds the lock)."""
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        return self.sentry.check(x)
-
     def _split(self, v: Verdicts, queue_seconds: float = 0.0, n: int | None = None) -> list[Result]:
         """The first ``n`` rows of ``v`` (all when None) as Results."""
         kinds = v.kind
@@ -181,7 +191,7 @@ class Pipeline:
                     probabilities=v.probabilities[i],
                     score=float(v.score[i]),
                     flagged=bool(v.flagged[i]),
-                    threshold=self.sentry.threshold,
+                    threshold=self.threshold,
                     kind=kinds[i],
                     kind_scores={k: float(s[i]) for k, s in v.kind_scores.items()},
                     features=v.features[i],
@@ -189,6 +199,21 @@ class Pipeline:
                 )
             )
         return out
+
+
+class Pipeline(BasePipeline):
+    """The pipeline with its Sentry (model + detector) in this process."""
+
+    def __init__(
+        self, sentry: Sentry, spec: InputSpec, device: torch.device, max_batch_size: int
+    ) -> None:
+        super().__init__(spec, device, max_batch_size)
+        self.sentry = sentry
+        self.manifest = sentry.bundle.manifest
+
+    def _check(self, batch: np.ndarray) -> Verdicts:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        return self.sentry.check(x)
 
 
 def _same_rows(v: Verdicts, ref: Verdicts, k: int) -> bool:

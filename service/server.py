@@ -28,11 +28,11 @@ from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
 from service.batcher import Batcher
 from service.config import ServerConfig, load_config
 from service.interceptors import ErrorInterceptor, MetricsInterceptor
-from service.loader import build_pipeline
 from service.metrics import Metrics, MetricsHTTPServer, model_info
 from service.security import interceptors as security_interceptors
 from service.security import server_credentials
 from service.servicer import ReliabilityServicer
+from service.worker import start_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
     # TLS files and the token are checked before anything heavy is loaded or started.
     credentials = server_credentials(config)
     auth = security_interceptors(config)
-    pipeline = build_pipeline(config)
+    pipeline = start_pipeline(config)
     metrics = Metrics(CollectorRegistry())
     metrics.set_info(**model_info(pipeline))
     batcher = Batcher(
@@ -117,13 +117,18 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
             else server.add_secure_port(address, credentials)
         )
     except RuntimeError as exc:
-        raise BindError(f"cannot listen on {address}: {exc}") from exc
+        port, error = 0, f": {exc}"
+    else:
+        error = ""
     if port == 0:
-        raise BindError(f"cannot listen on {address}")
+        batcher.close(drain=False)
+        pipeline.close()
+        raise BindError(f"cannot listen on {address}{error}")
     try:
         metrics_http = MetricsHTTPServer.start(metrics.registry, config.host, config.metrics_port)
     except OSError as exc:
         batcher.close(drain=False)
+        pipeline.close()
         raise BindError(
             f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
         ) from exc
@@ -134,6 +139,7 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
         server.stop(None)
         metrics_http.stop()
         batcher.close(drain=False)
+        pipeline.close()
         raise
     servicer.ready.set()
     for name in ("", SERVICE_NAME):
@@ -146,12 +152,13 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
 
 def _then_close_batcher(stopped: threading.Event, batcher: Batcher) -> threading.Event:
     """An event set once gRPC has stopped (``stopped``) and then the batcher has answered
-    what is still queued and stopped its worker."""
+    what is still queued, stopped its worker and its pipeline (a model worker process)."""
     done = threading.Event()
 
     def finish() -> None:
         stopped.wait()
         batcher.close(drain=True)
+        batcher.pipeline.close()
         done.set()
 
     threading.Thread(target=finish, name="batcher-stop", daemon=True).start()

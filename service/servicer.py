@@ -28,7 +28,7 @@ from service.batcher import Batcher, DeadlineExceededError
 from service.codec import CodecError, decode
 from service.errors import ClientError, DrainingError, NotReadyError
 from service.metrics import Metrics
-from service.pipeline import Pipeline, Result
+from service.pipeline import BasePipeline, Result
 
 REQUEST_ID_KEY = "x-request-id"
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -135,7 +135,7 @@ def to_response(
 class ReliabilityServicer(pb_grpc.ReliabilityServicer):
     """The Reliability service for one pipeline, fed through its batcher."""
 
-    def __init__(self, pipeline: Pipeline, batcher: Batcher) -> None:
+    def __init__(self, pipeline: BasePipeline, batcher: Batcher) -> None:
         self.pipeline = pipeline
         self.batcher = batcher
         self.ready = threading.Event()
@@ -239,7 +239,7 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
         spec = self.pipeline.spec
-        manifest = self.pipeline.sentry.bundle.manifest
+        manifest = self.pipeline.manifest
         versions = {str(k): str(v) for k, v in manifest.get("versions", {}).items()}
         for dist in ("gradsentry", "grpcio"):
             try:

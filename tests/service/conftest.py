@@ -35,7 +35,12 @@ def server() -> Iterator[tuple[SentryServer, int]]:
     """Started, warmed-up server; stopped at the end of the session."""
     torch.set_num_threads(1)
     config = load_config(
-        environ={"GRADSENTRY_PORT": "0", "GRADSENTRY_METRICS_PORT": "0", "GRADSENTRY_DEVICE": "cpu"}
+        environ={
+            "GRADSENTRY_PORT": "0",
+            "GRADSENTRY_METRICS_PORT": "0",
+            "GRADSENTRY_DEVICE": "cpu",
+            "GRADSENTRY_TORCH_THREADS": "1",
+        }
     )
     running, port = create_server(config)
     yield running, port

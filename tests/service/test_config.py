@@ -56,6 +56,8 @@ def test_yaml_then_env_overrides(tmp_path: Path) -> None:
         ("", {"GRADSENTRY_QUEUE_SIZE": "true"}, "queue_size"),
         ("max_delay_ms: -1\n", {}, "max_delay_ms"),
         ("device: tpu\n", {}, "device"),
+        ("model_worker: thread\n", {}, "model_worker"),
+        ("", {"GRADSENTRY_TORCH_THREADS": "-1"}, "torch_threads"),
         ("input_shape: 28\n", {}, "input_shape"),
         ("input_shape: [28, 28]\n", {}, "input_shape"),
         ("input_mean: [0.5]\ninput_std: [0]\n", {}, "std"),

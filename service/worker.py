@@ -1,0 +1,234 @@
+"""The model worker: the model and detector in a child process, so gRPC never waits on it.
+
+Python runs one thread at a time per process. In one process the model's many small
+operations and autograd hooks and the gRPC handlers' decoding and answering take turns
+on that lock, and the server tops out at about one core whatever the machine has. With
+``model_worker: process`` (the default) the server process keeps gRPC, decoding, the
+batcher and metrics, and a child process (``python -m service.worker``) loads the model and the
+bundle and scores one batch at a time; the two exchange pickle-free messages
+(``service.wire``) over a socket pair.
+
+The child ignores SIGINT/SIGTERM: the server decides when it stops (after draining), and
+it exits by itself when the server process goes away. If it dies while scoring (killed,
+out of memory), that batch fails with ``WorkerError`` (UNAVAILABLE: retry) and the next
+batch starts a new child.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+import torch
+
+from detectors.sentry import Verdicts
+from service.config import ServerConfig, build_config
+from service.errors import WorkerError
+from service.loader import ModelLoadError, build_pipeline
+from service.pipeline import BasePipeline
+from service.spec import InputSpec
+from service.wire import pack, pack_verdicts, unpack, unpack_verdicts
+
+log = logging.getLogger(__name__)
+
+# Loading a large model and bundle (or a first CUDA context) can take minutes.
+START_TIMEOUT = 600.0
+STOP_TIMEOUT = 10.0
+
+
+def apply_threads(config: ServerConfig) -> None:
+    """``torch_threads`` > 0 fixes torch's intra-op threads (0 keeps torch's default, one
+    per core it sees, which in a CPU-limited container oversubscribes the limit)."""
+    if config.torch_threads > 0:
+        torch.set_num_threads(config.torch_threads)
+
+
+def start_pipeline(config: ServerConfig) -> BasePipeline:
+    """The pipeline ``config.model_worker`` asks for: in a child process or in this one."""
+    if config.model_worker == "process":
+        return ProcessPipeline(config)
+    apply_threads(config)
+    return build_pipeline(config)
+
+
+class ProcessPipeline(BasePipeline):
+    """A pipeline whose model and detector run in a child process.
+
+    Construction starts the child and waits until it has loaded the model and bundle
+    (``ModelLoadError`` with the child's message when it cannot); ``close`` stops it.
+    """
+
+    def __init__(self, config: ServerConfig, start_timeout: float = START_TIMEOUT) -> None:
+        self._config = config
+        self._start_timeout = start_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._closed = False
+        self.restarts = 0
+        hello = self._start()
+        spec = hello["spec"]
+        super().__init__(
+            InputSpec(
+                shape=tuple(spec["shape"]),
+                dtype=spec["dtype"],
+                value_range=tuple(spec["value_range"]),
+                mean=tuple(spec["mean"]),
+                std=tuple(spec["std"]),
+                labels=tuple(spec["labels"]),
+            ),
+            hello["device"],
+            config.max_batch_size,
+        )
+        self.manifest = hello["manifest"]
+
+    @property
+    def pid(self) -> int | None:
+        """The current child's process id (None while none runs)."""
+        return None if self._process is None else self._process.pid
+
+    def close(self) -> None:
+        """Stop the child (idempotent)."""
+        with self._lock:
+            self._closed = True
+            self._stop()
+
+    def _check(self, batch: np.ndarray) -> Verdicts:
+        """Send batch [B, C, H, W] to the child; its Verdicts back (caller holds the lock)."""
+        if self._closed:
+            raise WorkerError("the model worker is stopped")
+        if self._conn is None:  # the previous child died: start another
+            self.restarts += 1
+            try:
+                hello = self._start()
+            except ModelLoadError as exc:
+                raise WorkerError(f"the model worker could not be restarted: {exc}") from exc
+            if hello["manifest"] != self.manifest:
+                raise WorkerError("the restarted model worker loaded another detector bundle")
+        conn = self._conn
+        try:
+            conn.send_bytes(pack({"op": "check"}, {"x": batch}))
+            meta, arrays = unpack(conn.recv_bytes())
+        except (EOFError, OSError) as exc:
+            code = self._stop()
+            raise WorkerError(
+                f"the model worker died while scoring this batch (exit code {code}); "
+                "a new one starts with the next batch: retry"
+            ) from exc
+        if meta.get("op") == "error":
+            raise RuntimeError(f"model worker: {meta['message']}")
+        return unpack_verdicts(meta, arrays)
+
+    def _start(self) -> dict[str, Any]:
+        """Start a child and return its "ready" message; ModelLoadError if it fails."""
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        # The child imports exactly what this process imports (source tree or install).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service.worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        conn = Connection(ours.detach())
+        try:
+            conn.send_bytes(pack({"op": "load", "config": dataclasses.asdict(self._config)}))
+            if not conn.poll(self._start_timeout):
+                raise ModelLoadError(
+                    f"the model worker did not load the model within {self._start_timeout:g} s"
+                )
+            meta, _ = unpack(conn.recv_bytes())
+        except (EOFError, OSError):
+            code = _reap(process)
+            meta = {"message": f"the model worker exited while loading (exit code {code})"}
+        except ModelLoadError as exc:
+            meta = {"message": str(exc)}
+        if meta.get("op") != "ready":
+            conn.close()
+            _reap(process)
+            raise ModelLoadError(str(meta.get("message", "the model worker failed to start")))
+        self._process, self._conn = process, conn
+        log.info("model worker started (pid %d)", process.pid)
+        return meta
+
+    def _stop(self) -> int | None:
+        """Ask the child to exit, kill it if it does not; its exit code."""
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if process is None:
+            return None
+        if conn is not None:
+            try:
+                conn.send_bytes(pack({"op": "stop"}))
+            except OSError:
+                pass  # already gone
+            conn.close()
+        return _reap(process)
+
+
+def _reap(process: subprocess.Popen[bytes]) -> int:
+    """Wait for ``process`` to exit (it was asked to, or its pipe closed), killing it if it
+    does not within STOP_TIMEOUT; its exit code."""
+    try:
+        return process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(STOP_TIMEOUT)
+
+
+def worker_main(conn: Connection) -> None:
+    """The child: take the "load" message, load, say "ready" (or "error"), then answer
+    "check" messages until "stop" or until the server process goes away."""
+    # Ctrl-C reaches the whole process group and SIGTERM may too: the server drains first
+    # and then stops this process itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        meta, _ = unpack(conn.recv_bytes())
+        config = build_config(meta["config"])
+        apply_threads(config)
+        pipeline = build_pipeline(config)
+    except (EOFError, OSError):
+        return
+    except Exception as exc:
+        conn.send_bytes(pack({"op": "error", "message": str(exc)}))
+        return
+    ready = {
+        "op": "ready",
+        "pid": os.getpid(),
+        "device": str(pipeline.device),
+        "spec": dataclasses.asdict(pipeline.spec),
+        "manifest": pipeline.manifest,
+    }
+    conn.send_bytes(pack(ready))
+    while True:
+        try:
+            meta, arrays = unpack(conn.recv_bytes())
+        except (EOFError, OSError):
+            return  # the server process is gone
+        if meta.get("op") == "stop":
+            return
+        try:
+            # The received array is a read-only view of the message; torch wants its own.
+            verdicts = pipeline._check(np.array(arrays["x"]))
+            reply = pack_verdicts(verdicts)
+        except Exception as exc:
+            log.exception("scoring a batch failed")
+            reply = pack({"op": "error", "message": f"{type(exc).__name__}: {exc}"})
+        conn.send_bytes(reply)
+
+
+if __name__ == "__main__":
+    worker_main(Connection(int(sys.argv[1])))

@@ -1,0 +1,155 @@
+"""The model worker process: same answers as in-process, pickle-free messages, and a
+worker that dies is replaced without taking the server down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from detectors.sentry import Verdicts
+from service._proto.gradsentry.v1 import reliability_pb2 as pb
+from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
+from service.config import build_config
+from service.loader import ModelLoadError
+from service.pipeline import BasePipeline
+from service.server import SentryServer, create_server
+from service.wire import WireError, pack, pack_verdicts, unpack, unpack_verdicts
+from service.worker import ProcessPipeline, start_pipeline
+
+WAIT = 60.0  # generous: the suite shares 2 cores
+
+
+def config(**settings: object):
+    return build_config(
+        {"port": 0, "metrics_port": 0, "device": "cpu", "torch_threads": 1, **settings}
+    )
+
+
+def digits(samples, n: int) -> list[np.ndarray]:
+    """n demo digits as float32 arrays [1, 1, 28, 28] in [0, 1]."""
+    x = samples[0][:n].astype(np.float32) / 255.0
+    return [x[i][None, None] for i in range(n)]
+
+
+def test_messages_round_trip_and_refuse_what_is_not_numeric() -> None:
+    arrays = {"x": np.arange(12, dtype="<f4").reshape(3, 4), "n": np.array([1, 2], np.int64)}
+    meta, back = unpack(pack({"op": "check", "k": [1, "a"]}, arrays))
+    assert meta == {"op": "check", "k": [1, "a"]}
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(back[name], a)
+        assert back[name].dtype == a.dtype
+    with pytest.raises(WireError, match="numeric only"):
+        pack({}, {"o": np.array([object()], dtype=object)})
+    good = pack({"op": "x"}, {"x": np.zeros(3)})
+    for bad, why in ((good[:-1], "malformed"), (good + b"\0", "trailing"), (b"\1", "malformed")):
+        with pytest.raises(WireError, match=why):
+            unpack(bad)
+
+    v = Verdicts(
+        logits=np.ones((2, 3), np.float32),
+        probabilities=np.full((2, 3), 1 / 3, np.float32),
+        score=np.array([0.1, 0.9]),
+        flagged=np.array([False, True]),
+        kind_scores={"ood": np.array([0.2, 0.3]), "adversarial": np.array([0.5, 0.6])},
+        features=np.arange(8.0).reshape(2, 4),
+        timings={"forward": 0.5},
+    )
+    w = unpack_verdicts(*unpack(pack_verdicts(v)))
+    assert list(w.kind_scores) == ["ood", "adversarial"]  # the order names the kinds
+    assert w.timings == v.timings and w.kind == v.kind
+    for name in ("logits", "probabilities", "score", "flagged", "features"):
+        np.testing.assert_array_equal(getattr(w, name), getattr(v, name))
+
+
+def test_the_worker_process_answers_like_the_inline_pipeline(samples) -> None:
+    torch.set_num_threads(1)
+    inline = start_pipeline(config(model_worker="inline"))
+    remote = start_pipeline(config(model_worker="process"))
+    try:
+        assert isinstance(remote, ProcessPipeline) and not isinstance(inline, ProcessPipeline)
+        assert remote.pid is not None and remote.pid != os.getpid()
+        for p in (inline, remote):
+            p.warm_up()
+        assert remote.min_rows == inline.min_rows
+        assert remote.spec == inline.spec and remote.manifest == inline.manifest
+        assert remote.feature_names == inline.feature_names and remote.kinds == inline.kinds
+        x = digits(samples, 13)
+        for batch in ([x[0]], x[:5], x):
+            for a, b in zip(inline.run(batch), remote.run(batch), strict=True):
+                assert (a.predicted_class, a.label, a.flagged, a.kind) == (
+                    b.predicted_class,
+                    b.label,
+                    b.flagged,
+                    b.kind,
+                )
+                np.testing.assert_allclose(b.features, a.features, rtol=1e-9, atol=0)
+                np.testing.assert_allclose(b.probabilities, a.probabilities, rtol=1e-9, atol=0)
+                assert b.score == pytest.approx(a.score, rel=1e-9, abs=0)
+                assert b.kind_scores == pytest.approx(a.kind_scores, rel=1e-9, abs=0)
+    finally:
+        inline.close()
+        remote.close()
+    assert remote.pid is None  # closed: the child has exited
+
+
+@pytest.mark.parametrize("worker", ["process", "inline"])
+def test_a_worker_that_cannot_load_says_why(worker: str, tmp_path) -> None:
+    weights = tmp_path / "missing.pt"
+    with pytest.raises(ModelLoadError, match=r"missing\.pt"):
+        start_pipeline(config(model_worker=worker, model_weights=str(weights)))
+
+
+@pytest.fixture()
+def process_server() -> Iterator[tuple[SentryServer, grpc.Channel]]:
+    torch.set_num_threads(1)
+    running, port = create_server(config(model_worker="process", max_delay_ms=0))
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield running, channel
+    channel.close()
+    running.stop(None).wait(WAIT)
+
+
+def test_a_killed_worker_is_replaced_and_the_server_keeps_serving(process_server, samples):
+    running, channel = process_server
+    stub = pb_grpc.ReliabilityStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    pipeline = running.servicer.pipeline
+    assert isinstance(pipeline, BasePipeline) and isinstance(pipeline, ProcessPipeline)
+    x = digits(samples, 1)[0][0]
+    request = pb.CheckRequest(
+        tensor=pb.Tensor(dtype=pb.FLOAT32, shape=[1, 28, 28], data=x.astype("<f4").tobytes()),
+        return_features=True,
+    )
+    before = stub.Check(request, timeout=WAIT)
+    first = pipeline.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT
+    while pipeline._process is not None and pipeline._process.poll() is None:
+        assert time.monotonic() < deadline, "the killed worker never exited"
+        time.sleep(0.05)
+
+    # The batch that finds the worker dead fails with a retryable status and says why ...
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Check(request, timeout=WAIT)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "model worker died" in info.value.details()
+    # ... the server stays SERVING, and the next call starts a new worker that answers alike.
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    after = stub.Check(request, timeout=WAIT)
+    assert pipeline.restarts == 1 and pipeline.pid not in (None, first)
+    assert (after.predicted_class, after.verdict) == (before.predicted_class, before.verdict)
+    assert after.score == pytest.approx(before.score, rel=1e-9)
+    np.testing.assert_allclose(after.features, before.features, rtol=1e-9)
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == (
+        health_pb2.HealthCheckResponse.SERVING
+    )
