@@ -80,6 +80,7 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
     pipeline = start_pipeline(config)
     metrics = Metrics(CollectorRegistry())
     metrics.set_info(**model_info(pipeline))
+    metrics.set_queue_capacity(config.queue_size)
     batcher = Batcher(
         pipeline, config.max_batch_size, config.max_delay_ms, config.queue_size, metrics=metrics
     )

@@ -101,7 +101,13 @@ def test_stage_names_are_checked_and_in_flight_is_restored() -> None:
 def live() -> Iterator[tuple[SentryServer, grpc.Channel]]:
     """A server of its own (exact counts need traffic no other test adds)."""
     torch.set_num_threads(1)
-    environ = {"GRADSENTRY_PORT": "0", "GRADSENTRY_METRICS_PORT": "0", "GRADSENTRY_DEVICE": "cpu"}
+    environ = {
+        "GRADSENTRY_PORT": "0",
+        "GRADSENTRY_METRICS_PORT": "0",
+        "GRADSENTRY_DEVICE": "cpu",
+        "GRADSENTRY_QUEUE_SIZE": "200",
+        "GRADSENTRY_TORCH_THREADS": "1",
+    }
     running, port = create_server(load_config(environ=environ))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield running, channel
@@ -195,6 +201,7 @@ def test_model_info_matches_get_info(live, traffic) -> None:
     assert labels["kinds"].split(",") == list(info.kinds)
     assert labels["strategy"] and labels["torch_version"] and labels["gradsentry_version"]
     assert value(samples, "gradsentry_detector_threshold") == pytest.approx(info.threshold)
+    assert value(samples, "gradsentry_queue_capacity") == live[0].servicer.batcher.queue_size
     assert value(samples, "process_resident_memory_bytes") > 0
 
 
