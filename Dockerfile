@@ -7,7 +7,7 @@
 #     (deploy/docker/wheelhouse.py: `pip download` of pyproject's dependencies, CPU torch).
 # VARIANT=cuda installs torch from PyTorch's CUDA index (TORCH_CUDA_INDEX) and
 # onnxruntime-gpu from PyPI instead, so that build needs network access to both.
-# Written for the classic builder and BuildKit alike (no BuildKit-only syntax).
+# No BuildKit-only syntax: the classic builder (Debian's docker.io 20.10) builds it too.
 
 ARG BASE_IMAGE=gradsentry-base:bookworm
 ARG VARIANT=cpu
@@ -73,8 +73,11 @@ RUN PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore /opt/gradsentry/
 
 # Listen on every interface of the container (the server's own default is 127.0.0.1);
 # every other setting is a GRADSENTRY_* variable or a --config file (see service/config.py).
+# Matplotlib (imported by the command line) wants a writable config directory; under a
+# read-only root file system only /tmp is.
 ENV PATH=/opt/gradsentry/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    MPLCONFIGDIR=/tmp/matplotlib \
     GRADSENTRY_HOST=0.0.0.0
 USER 10001:10001
 WORKDIR /home/gradsentry

@@ -4,11 +4,13 @@
 a ``Future`` of its ``Result``. One worker thread per device (a Batcher wraps the pipeline
 of one device) takes the oldest request, waits until ``max_delay_ms`` after that request
 was submitted for more to arrive (up to ``max_batch_size``), drops requests whose deadline
-has passed or whose caller gave up (cancelled future) without computing them, runs one
-``pipeline.run`` on the rest and resolves their futures.
+has passed or whose caller gave up (cancelled future) without computing them, hands the
+rest to ``pipeline.run_async`` and resolves their futures when it answers. Up to
+``pipeline.max_in_flight`` batches are with the pipeline at once (1 when the model computes
+in this process; 2 for a model worker process, so that it never waits for the next batch).
 
 A full queue refuses new work at once with ``QueueFullError`` (RESOURCE_EXHAUSTED): the
-memory held by waiting inputs is bounded by ``queue_size`` plus one batch being computed.
+memory held by waiting inputs is bounded by ``queue_size`` plus the batches in flight.
 ``max_batch_size == 1`` or ``max_delay_ms == 0`` turns batching off (inputs still go
 through the queue, one per batch).
 
@@ -62,7 +64,8 @@ class BatchMetrics(Protocol):
 class BatcherStats:
     """Counters since start: inputs submitted, refused because the queue was full, dropped
     unscored because their deadline passed or their caller cancelled, scored (in
-    ``batches`` pipeline runs); the largest batch and the deepest queue seen."""
+    ``batches`` pipeline runs); the largest batch, the deepest queue and the most batches
+    with the pipeline at once seen."""
 
     submitted: int = 0
     rejected: int = 0
@@ -72,6 +75,7 @@ class BatcherStats:
     batches: int = 0
     largest_batch: int = 0
     peak_depth: int = 0
+    peak_in_flight: int = 0
 
 
 @dataclass
@@ -111,6 +115,9 @@ class Batcher:
         self.metrics = metrics
         self._queue: collections.deque[_Request] = collections.deque()
         self._cond = threading.Condition()
+        # Batches handed to the pipeline and not yet answered (at most max_in_flight).
+        self._slots = threading.Condition()
+        self._in_flight = 0
         self._closed = False
         self._counts = {f.name: 0 for f in dataclasses.fields(BatcherStats)}
         self._worker = threading.Thread(
@@ -196,16 +203,26 @@ class Batcher:
 
     def _loop(self) -> None:
         while True:
+            # A free slot first, then gather: the next batch keeps filling while the
+            # pipeline is busy with the ones in flight.
+            self._wait_in_flight(self.pipeline.max_in_flight - 1)
             batch = self._collect()
             if batch is None:
+                self._wait_in_flight(0)  # draining: every batch handed over is answered
                 return
             try:
-                self._run(batch)
+                self._dispatch(batch)
             except BaseException as exc:  # never leave a caller waiting forever
                 log.exception("batch of %d failed", len(batch))
                 for r in batch:
                     if not r.future.done():
                         r.future.set_exception(exc)
+
+    def _wait_in_flight(self, most: int) -> None:
+        """Block until at most ``most`` batches are with the pipeline."""
+        with self._slots:
+            while self._in_flight > most:
+                self._slots.wait()
 
     def _collect(self) -> list[_Request] | None:
         """Block for a request, then until max_batch_size are queued or the oldest has
@@ -233,7 +250,9 @@ class Batcher:
             self._report("set_queue_depth", len(self._queue))
         return batch
 
-    def _run(self, batch: list[_Request]) -> None:
+    def _dispatch(self, batch: list[_Request]) -> None:
+        """Drop expired and cancelled requests, hand the rest to the pipeline; they are
+        answered by ``_deliver`` when it is done."""
         now = time.monotonic()
         live: list[_Request] = []
         expired = cancelled = 0
@@ -247,26 +266,55 @@ class Batcher:
                 )
             else:
                 live.append(r)
-        if live:
-            # Padded to the pipeline's min_rows only when batching: then an input's answer
-            # is the same whether it shares its batch or not.
-            results = self.pipeline.run([r.array for r in live], pad=self.batching)
         with self._cond:
-            self._count(expired=expired, cancelled=cancelled, scored=len(live))
-            if live:
-                self._count(batches=1)
-                self._counts["largest_batch"] = max(self._counts["largest_batch"], len(live))
+            self._count(expired=expired, cancelled=cancelled)
         if not live:
             return
-        for r, result in zip(live, results, strict=True):  # answer first, then record
-            timings = {**result.timings, "queue": now - r.submitted}
-            r.future.set_result(dataclasses.replace(result, timings=timings))
-        self._report("observe_batch", len(live))
-        for stage in COMPUTE_STAGES:
-            if stage in results[0].timings:
-                self._report("observe_stage", stage, results[0].timings[stage])
-        for r in live:
-            self._report("observe_stage", "queue", now - r.submitted)
+        with self._slots:
+            self._in_flight += 1
+            with self._cond:
+                self._counts["peak_in_flight"] = max(
+                    self._counts["peak_in_flight"], self._in_flight
+                )
+        try:
+            # Padded to the pipeline's min_rows only when batching: then an input's answer
+            # is the same whether it shares its batch or not.
+            results = self.pipeline.run_async([r.array for r in live], pad=self.batching)
+        except BaseException:
+            self._release_slot()
+            raise
+        results.add_done_callback(lambda f: self._deliver(live, now, f))
+
+    def _deliver(self, live: list[_Request], started: float, done: Future[list[Result]]) -> None:
+        """Answer a computed batch's callers (or fail them with its error), then record."""
+        try:
+            try:
+                results = done.result()
+            except BaseException as exc:
+                log.error("batch of %d failed: %s", len(live), exc)
+                for r in live:
+                    if not r.future.done():
+                        r.future.set_exception(exc)
+                return
+            with self._cond:
+                self._count(scored=len(live), batches=1)
+                self._counts["largest_batch"] = max(self._counts["largest_batch"], len(live))
+            for r, result in zip(live, results, strict=True):  # answer first, then record
+                timings = {**result.timings, "queue": started - r.submitted}
+                r.future.set_result(dataclasses.replace(result, timings=timings))
+            self._report("observe_batch", len(live))
+            for stage in COMPUTE_STAGES:
+                if stage in results[0].timings:
+                    self._report("observe_stage", stage, results[0].timings[stage])
+            for r in live:
+                self._report("observe_stage", "queue", started - r.submitted)
+        finally:
+            self._release_slot()
+
+    def _release_slot(self) -> None:
+        with self._slots:
+            self._in_flight -= 1
+            self._slots.notify_all()
 
     def _count(self, **increments: int) -> None:
         """Add to the stats counters (caller holds the lock)."""

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,8 +101,23 @@ class BasePipeline:
         """Challenge kinds the detector distinguishes."""
         return [str(k) for k in self.manifest["kinds"]]
 
+    # How many batches the batcher may hand over before the first is answered: 1 when the
+    # model computes in the caller's thread; more when it computes elsewhere, so that the
+    # next batch is already waiting when the model finishes one.
+    max_in_flight = 1
+
     def close(self) -> None:
         """Release what the pipeline holds (nothing here; a child process in subclasses)."""
+
+    def run_async(self, inputs: Sequence[np.ndarray], pad: bool = True) -> Future[list[Result]]:
+        """``run`` as a Future. Here it computes before returning; a pipeline whose model runs
+        elsewhere returns as soon as the batch is on its way (see ``max_in_flight``)."""
+        future: Future[list[Result]] = Future()
+        try:
+            future.set_result(self.run(inputs, pad))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
 
     def _check(self, batch: np.ndarray) -> Verdicts:
         """batch [B, C, H, W] -> Verdicts (caller holds the lock)."""

@@ -16,6 +16,7 @@ batch starts a new child.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -23,6 +24,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -33,7 +37,7 @@ from detectors.sentry import Verdicts
 from service.config import ServerConfig, build_config
 from service.errors import WorkerError
 from service.loader import ModelLoadError, build_pipeline
-from service.pipeline import BasePipeline
+from service.pipeline import BasePipeline, Result
 from service.spec import InputSpec
 from service.wire import pack, pack_verdicts, unpack, unpack_verdicts
 
@@ -64,13 +68,24 @@ class ProcessPipeline(BasePipeline):
 
     Construction starts the child and waits until it has loaded the model and bundle
     (``ModelLoadError`` with the child's message when it cannot); ``close`` stops it.
+    Batches are sent as they come (``run_async``) and answered in order: with two in flight
+    the next batch is already waiting when the child finishes one. A reader thread takes
+    the answers; when the child dies it fails the batches it held with ``WorkerError``, and
+    the next batch starts a new child.
     """
+
+    max_in_flight = 2
 
     def __init__(self, config: ServerConfig, start_timeout: float = START_TIMEOUT) -> None:
         self._config = config
         self._start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        # Sends, the answer queue and the child's life are guarded by one lock; answers are
+        # matched to batches by order (the child answers one batch after another).
+        self._io = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._pending: collections.deque[Future[Verdicts]] = collections.deque()
         self._closed = False
         self.restarts = 0
         hello = self._start()
@@ -95,36 +110,100 @@ class ProcessPipeline(BasePipeline):
         return None if self._process is None else self._process.pid
 
     def close(self) -> None:
-        """Stop the child (idempotent)."""
-        with self._lock:
+        """Stop the child (idempotent); batches still computing fail with WorkerError."""
+        with self._send_lock, self._io:
             self._closed = True
             self._stop()
+            while self._pending:
+                self._pending.popleft().set_exception(
+                    WorkerError("the model worker was stopped before it answered")
+                )
+
+    def run_async(self, inputs: Sequence[np.ndarray], pad: bool = True) -> Future[list[Result]]:
+        """Send the batch and return at once; the Future resolves when the child answers."""
+        if not inputs or len(inputs) > self.max_batch_size:
+            return super().run_async(inputs, pad)
+        rows = [*inputs, *[inputs[0]] * ((self.min_rows if pad else 1) - len(inputs))]
+        results: Future[list[Result]] = Future()
+
+        def done(verdicts: Future[Verdicts]) -> None:
+            try:
+                results.set_result(self._split(verdicts.result(), n=len(inputs)))
+            except Exception as exc:
+                results.set_exception(exc)
+
+        try:
+            self._send(np.concatenate(rows, axis=0)).add_done_callback(done)
+        except Exception as exc:
+            results.set_exception(exc)
+        return results
 
     def _check(self, batch: np.ndarray) -> Verdicts:
-        """Send batch [B, C, H, W] to the child; its Verdicts back (caller holds the lock)."""
-        if self._closed:
-            raise WorkerError("the model worker is stopped")
-        if self._conn is None:  # the previous child died: start another
-            self.restarts += 1
+        """Send batch [B, C, H, W] to the child and wait for its Verdicts."""
+        return self._send(batch).result()
+
+    def _send(self, batch: np.ndarray) -> Future[Verdicts]:
+        """Queue batch [B, C, H, W] on the child (starting a new one if the last died)."""
+        # Sends are serialised by their own lock and made without holding ``_io``: the
+        # reader must always be able to take an answer off the pipe, or a large batch
+        # could wait on a child that waits for its answer to be read.
+        with self._send_lock:
+            with self._io:
+                if self._closed:
+                    raise WorkerError("the model worker is stopped")
+                if self._conn is None:  # the previous child died: start another
+                    self.restarts += 1
+                    try:
+                        hello = self._start()
+                    except ModelLoadError as exc:
+                        raise WorkerError(
+                            f"the model worker could not be restarted: {exc}"
+                        ) from exc
+                    if hello["manifest"] != self.manifest:
+                        self._stop()
+                        raise WorkerError(
+                            "the restarted model worker loaded another detector bundle"
+                        )
+                conn = self._conn
+                future: Future[Verdicts] = Future()
+                self._pending.append(future)
             try:
-                hello = self._start()
-            except ModelLoadError as exc:
-                raise WorkerError(f"the model worker could not be restarted: {exc}") from exc
-            if hello["manifest"] != self.manifest:
-                raise WorkerError("the restarted model worker loaded another detector bundle")
-        conn = self._conn
-        try:
-            conn.send_bytes(pack({"op": "check"}, {"x": batch}))
-            meta, arrays = unpack(conn.recv_bytes())
-        except (EOFError, OSError) as exc:
-            code = self._stop()
-            raise WorkerError(
-                f"the model worker died while scoring this batch (exit code {code}); "
-                "a new one starts with the next batch: retry"
-            ) from exc
-        if meta.get("op") == "error":
-            raise RuntimeError(f"model worker: {meta['message']}")
-        return unpack_verdicts(meta, arrays)
+                conn.send_bytes(pack({"op": "check"}, {"x": batch}))
+            except OSError:
+                with self._io:
+                    self._lost(conn)  # fails ``future`` with the others
+            return future
+
+    def _read(self, conn: Connection) -> None:
+        """Reader thread of one child: answers -> the oldest pending batch, until EOF."""
+        while True:
+            try:
+                meta, arrays = unpack(conn.recv_bytes())
+            except (EOFError, OSError):
+                with self._io:
+                    self._lost(conn)
+                return
+            with self._io:
+                future = self._pending.popleft() if self._pending else None
+            if future is None:
+                continue  # an answer nobody waits for (cannot happen; never block on it)
+            if meta.get("op") == "error":
+                future.set_exception(RuntimeError(f"model worker: {meta['message']}"))
+            else:
+                future.set_result(unpack_verdicts(meta, arrays))
+
+    def _lost(self, conn: Connection | None) -> None:
+        """The child behind ``conn`` is gone: fail what it held (caller holds ``_io``)."""
+        if conn is None or conn is not self._conn:
+            return  # an earlier child's reader, or already handled
+        code = self._stop(ask=False)
+        while self._pending:
+            self._pending.popleft().set_exception(
+                WorkerError(
+                    f"the model worker died while scoring this batch (exit code {code}); "
+                    "a new one starts with the next batch: retry"
+                )
+            )
 
     def _start(self) -> dict[str, Any]:
         """Start a child and return its "ready" message; ModelLoadError if it fails."""
@@ -159,20 +238,25 @@ class ProcessPipeline(BasePipeline):
             _reap(process)
             raise ModelLoadError(str(meta.get("message", "the model worker failed to start")))
         self._process, self._conn = process, conn
+        threading.Thread(
+            target=self._read, args=(conn,), name="model-worker-reader", daemon=True
+        ).start()
         log.info("model worker started (pid %d)", process.pid)
         return meta
 
-    def _stop(self) -> int | None:
-        """Ask the child to exit, kill it if it does not; its exit code."""
+    def _stop(self, ask: bool = True) -> int | None:
+        """Ask the child to exit (``ask``; not when it is known dead), kill it if it does
+        not; its exit code (caller holds ``_io``)."""
         process, conn = self._process, self._conn
         self._process = self._conn = None
         if process is None:
             return None
         if conn is not None:
-            try:
-                conn.send_bytes(pack({"op": "stop"}))
-            except OSError:
-                pass  # already gone
+            if ask:
+                try:
+                    conn.send_bytes(pack({"op": "stop"}))
+                except OSError:
+                    pass  # already gone
             conn.close()
         return _reap(process)
 

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from detectors.sentry import Verdicts
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
+from service.batcher import Batcher
 from service.config import build_config
 from service.loader import ModelLoadError
 from service.pipeline import BasePipeline
@@ -117,6 +118,13 @@ def process_server() -> Iterator[tuple[SentryServer, grpc.Channel]]:
     running.stop(None).wait(WAIT)
 
 
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
 def test_a_killed_worker_is_replaced_and_the_server_keeps_serving(process_server, samples):
     running, channel = process_server
     stub = pb_grpc.ReliabilityStub(channel)
@@ -129,27 +137,59 @@ def test_a_killed_worker_is_replaced_and_the_server_keeps_serving(process_server
         return_features=True,
     )
     before = stub.Check(request, timeout=WAIT)
+
+    def same_answer(reply: pb.CheckResponse) -> None:
+        assert (reply.predicted_class, reply.verdict) == (before.predicted_class, before.verdict)
+        assert reply.score == pytest.approx(before.score, rel=1e-9)
+        np.testing.assert_allclose(reply.features, before.features, rtol=1e-9)
+
+    # Killed while idle: noticed at once, and the next call starts a new worker.
     first = pipeline.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    deadline = time.monotonic() + WAIT
-    while pipeline._process is not None and pipeline._process.poll() is None:
-        assert time.monotonic() < deadline, "the killed worker never exited"
-        time.sleep(0.05)
+    wait_for(lambda: pipeline.pid is None, "the dead worker was not noticed")
+    same_answer(stub.Check(request, timeout=WAIT))
+    second = pipeline.pid
+    assert pipeline.restarts == 1 and second not in (None, first)
 
-    # The batch that finds the worker dead fails with a retryable status and says why ...
+    # Killed while it holds a batch: that call fails with a retryable status that says
+    # why, the server stays SERVING, and the next call is answered by a new worker.
+    os.kill(second, signal.SIGSTOP)
+    call = stub.Check.future(request, timeout=WAIT)
+    wait_for(lambda: len(pipeline._pending) == 1, "the batch never reached the worker")
+    os.kill(second, signal.SIGKILL)
     with pytest.raises(grpc.RpcError) as info:
-        stub.Check(request, timeout=WAIT)
+        call.result()
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "model worker died" in info.value.details()
-    # ... the server stays SERVING, and the next call starts a new worker that answers alike.
-    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    after = stub.Check(request, timeout=WAIT)
-    assert pipeline.restarts == 1 and pipeline.pid not in (None, first)
-    assert (after.predicted_class, after.verdict) == (before.predicted_class, before.verdict)
-    assert after.score == pytest.approx(before.score, rel=1e-9)
-    np.testing.assert_allclose(after.features, before.features, rtol=1e-9)
-    assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == (
-        health_pb2.HealthCheckResponse.SERVING
-    )
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == serving
+    same_answer(stub.Check(request, timeout=WAIT))
+    assert pipeline.restarts == 2 and pipeline.pid not in (None, first, second)
+    assert running.servicer.batcher.stats().peak_in_flight >= 1
+
+
+def test_the_batcher_keeps_two_batches_with_the_worker(samples) -> None:
+    """With a worker process the next batch is handed over while one computes, and every
+    answer is still the one the input gets alone."""
+    torch.set_num_threads(1)
+    pipeline = start_pipeline(config(model_worker="process", max_batch_size=4))
+    try:
+        pipeline.warm_up()
+        assert pipeline.max_in_flight == 2
+        inputs = digits(samples, 24)
+        alone = [pipeline.run([x])[0] for x in inputs]
+        batcher = Batcher(pipeline, max_batch_size=4, max_delay_ms=1, queue_size=64)
+        try:
+            futures = [batcher.submit(x) for x in inputs]
+            results = [f.result(WAIT) for f in futures]
+        finally:
+            batcher.close(drain=True, timeout=WAIT)
+        stats = batcher.stats()
+        assert stats.scored == 24 and stats.batches >= 6 and stats.peak_in_flight == 2
+        for a, b in zip(alone, results, strict=True):
+            assert (a.predicted_class, a.flagged, a.kind) == (b.predicted_class, b.flagged, b.kind)
+            np.testing.assert_allclose(b.features, a.features, rtol=1e-9, atol=0)
+            assert b.score == pytest.approx(a.score, rel=1e-9, abs=0)
+    finally:
+        pipeline.close()
