@@ -3,8 +3,10 @@
 ``Batcher.submit(x, deadline)`` puts one input [1, C, H, W] on a bounded queue and returns
 a ``Future`` of its ``Result``. One worker thread per device (a Batcher wraps the pipeline
 of one device) takes the oldest request, waits until ``max_delay_ms`` after that request
-was submitted for more to arrive (up to ``max_batch_size``), drops requests whose deadline
-has passed or whose caller gave up (cancelled future) without computing them, hands the
+was submitted for more to arrive (up to ``max_batch_size``; it stops waiting early when the
+model is idle and the batch already holds the pipeline's ``min_rows``, the size smaller
+batches are padded to — waiting then would only leave the model idle), drops requests whose
+deadline has passed or whose caller gave up (cancelled future) without computing them, hands the
 rest to ``pipeline.run_async`` and resolves their futures when it answers. Up to
 ``pipeline.max_in_flight`` batches are with the pipeline at once (1 when the model computes
 in this process; 2 for a model worker process, so that it never waits for the next batch).
@@ -90,8 +92,8 @@ class Batcher:
     """Groups concurrent inputs into batches for one pipeline (one device, one worker).
 
     ``max_batch_size`` caps a batch; ``max_delay_ms`` is how long the oldest waiting input
-    may wait for company; ``queue_size`` caps the inputs waiting (submitted, not yet being
-    computed).
+    may wait for company (less with ``dispatch_when_idle``, see the module docstring);
+    ``queue_size`` caps the inputs waiting (submitted, not yet being computed).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Batcher:
         max_delay_ms: float,
         queue_size: int,
         metrics: BatchMetrics | None = None,
+        dispatch_when_idle: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -113,6 +116,7 @@ class Batcher:
         self.max_delay_ms = max_delay_ms
         self.queue_size = queue_size
         self.metrics = metrics
+        self.dispatch_when_idle = dispatch_when_idle
         self._queue: collections.deque[_Request] = collections.deque()
         self._cond = threading.Condition()
         # Batches handed to the pipeline and not yet answered (at most max_in_flight).
@@ -218,6 +222,16 @@ class Batcher:
                     if not r.future.done():
                         r.future.set_exception(exc)
 
+    def _idle_enough(self) -> bool:
+        """The model is idle and the gathering batch already holds ``min_rows`` inputs (the
+        pipeline pads smaller batches to that size anyway): waiting longer for company
+        would only leave the model idle (caller holds ``_cond``)."""
+        return (
+            self.dispatch_when_idle
+            and self._in_flight == 0
+            and len(self._queue) >= self.pipeline.min_rows
+        )
+
     def _wait_in_flight(self, most: int) -> None:
         """Block until at most ``most`` batches are with the pipeline."""
         with self._slots:
@@ -225,9 +239,10 @@ class Batcher:
                 self._slots.wait()
 
     def _collect(self) -> list[_Request] | None:
-        """Block for a request, then until max_batch_size are queued or the oldest has
-        waited max_delay_ms; take them. None when closed and empty. Requests stay in the
-        queue while the batch gathers: they count against queue_size and in the depth."""
+        """Block for a request, then until max_batch_size are queued, the oldest has
+        waited max_delay_ms, or the model is idle and min_rows are queued; take them. None
+        when closed and empty. Requests stay in the queue while the batch gathers: they
+        count against queue_size and in the depth."""
         # A batch cannot gather more than the queue holds: a full queue leaves at once.
         limit = min(self.max_batch_size, self.queue_size) if self.batching else 1
         with self._cond:
@@ -241,7 +256,7 @@ class Batcher:
                 until = self._queue[0].submitted + self.max_delay_ms / 1000.0
                 while 0 < len(self._queue) < limit and not self._closed:
                     remaining = until - time.monotonic()
-                    if remaining <= 0:
+                    if remaining <= 0 or self._idle_enough():
                         break
                     self._cond.wait(remaining)
                 if self._queue:  # close(drain=False) may have emptied it meanwhile
@@ -287,15 +302,17 @@ class Batcher:
 
     def _deliver(self, live: list[_Request], started: float, done: Future[list[Result]]) -> None:
         """Answer a computed batch's callers (or fail them with its error), then record."""
+        # The pipeline is done with this batch: let the next one go before answering.
+        self._release_slot()
         try:
-            try:
-                results = done.result()
-            except BaseException as exc:
-                log.error("batch of %d failed: %s", len(live), exc)
-                for r in live:
-                    if not r.future.done():
-                        r.future.set_exception(exc)
-                return
+            results = done.result()
+        except BaseException as exc:
+            log.error("batch of %d failed: %s", len(live), exc)
+            for r in live:
+                if not r.future.done():
+                    r.future.set_exception(exc)
+            return
+        try:
             with self._cond:
                 self._count(scored=len(live), batches=1)
                 self._counts["largest_batch"] = max(self._counts["largest_batch"], len(live))
@@ -308,13 +325,18 @@ class Batcher:
                     self._report("observe_stage", stage, results[0].timings[stage])
             for r in live:
                 self._report("observe_stage", "queue", started - r.submitted)
-        finally:
-            self._release_slot()
+        except BaseException as exc:  # never leave a caller waiting forever
+            log.exception("answering a batch of %d failed", len(live))
+            for r in live:
+                if not r.future.done():
+                    r.future.set_exception(exc)
 
     def _release_slot(self) -> None:
         with self._slots:
             self._in_flight -= 1
             self._slots.notify_all()
+        with self._cond:  # a batch waiting for company may leave now the pipeline is idle
+            self._cond.notify_all()
 
     def _count(self, **increments: int) -> None:
         """Add to the stats counters (caller holds the lock)."""

@@ -82,6 +82,9 @@ class ServerConfig:
     metrics_port: int = 9464
     max_batch_size: int = 32
     max_delay_ms: float = 5.0
+    # A batch also leaves before max_delay_ms once the model is idle and it holds the size
+    # smaller batches are padded to anyway; false: always wait the full delay for company.
+    dispatch_when_idle: bool = True
     queue_size: int = 256
     device: str = "auto"
     model_format: str = "eager"
@@ -103,7 +106,8 @@ class ServerConfig:
     # "process": the model runs in a child process (service.worker), so gRPC handling and
     # the model use separate cores; "inline": in the server process (simplest to debug).
     model_worker: str = "process"
-    # torch intra-op threads for the model; 0 keeps torch's default (one per visible core).
+    # torch intra-op threads for the model; 0 keeps this process's setting (torch's default:
+    # one per visible core), which the model worker process then uses too.
     torch_threads: int = 0
     tls_cert_file: str = ""
     tls_key_file: str = ""

@@ -82,7 +82,12 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
     metrics.set_info(**model_info(pipeline))
     metrics.set_queue_capacity(config.queue_size)
     batcher = Batcher(
-        pipeline, config.max_batch_size, config.max_delay_ms, config.queue_size, metrics=metrics
+        pipeline,
+        config.max_batch_size,
+        config.max_delay_ms,
+        config.queue_size,
+        metrics=metrics,
+        dispatch_when_idle=config.dispatch_when_idle,
     )
     servicer = ReliabilityServicer(pipeline, batcher)
     servicer.metrics = metrics

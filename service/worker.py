@@ -222,7 +222,10 @@ class ProcessPipeline(BasePipeline):
             theirs.close()
         conn = Connection(ours.detach())
         try:
-            conn.send_bytes(pack({"op": "load", "config": dataclasses.asdict(self._config)}))
+            fields = dataclasses.asdict(self._config)
+            if not fields["torch_threads"]:  # the worker computes as this process would
+                fields["torch_threads"] = torch.get_num_threads()
+            conn.send_bytes(pack({"op": "load", "config": fields}))
             if not conn.poll(self._start_timeout):
                 raise ModelLoadError(
                     f"the model worker did not load the model within {self._start_timeout:g} s"

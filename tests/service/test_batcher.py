@@ -340,3 +340,29 @@ def test_a_bad_stream_message_ends_the_stream_after_the_answers_before_it(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "stream message 3" in info.value.details()
     assert [r.request_id.rsplit("/", 1)[1] for r in answered] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("when_idle", [True, False])
+def test_an_idle_model_takes_a_batch_of_min_rows_without_waiting(
+    gated: GatedPipeline, samples, when_idle: bool
+) -> None:
+    """With the model idle, a batch that holds min_rows inputs (the size smaller batches are
+    padded to) leaves at once instead of waiting out a ten-minute delay; fewer inputs, or
+    ``dispatch_when_idle=False``, wait for company."""
+    inputs = as_inputs(samples[0][: gated.min_rows])
+    batcher = Batcher(
+        gated, max_batch_size=64, max_delay_ms=600_000, queue_size=64, dispatch_when_idle=when_idle
+    )
+    try:
+        first = batcher.submit_many(inputs[:-1])
+        time.sleep(0.5)  # room to (wrongly) leave early
+        assert not any(f.done() for f in first) and batcher.depth == len(first)
+        rest = batcher.submit(inputs[-1])
+        if when_idle:
+            results = [f.result(WAIT) for f in [*first, rest]]
+            assert gated.runs == [gated.min_rows] and len(results) == gated.min_rows
+        else:
+            time.sleep(0.5)
+            assert not rest.done() and batcher.depth == gated.min_rows and gated.runs == []
+    finally:
+        batcher.close(drain=False)

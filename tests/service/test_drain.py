@@ -74,6 +74,7 @@ def server_process(
         "device": "cpu",
         "max_batch_size": 256,
         "max_delay_ms": 5000,
+        "dispatch_when_idle": False,  # hold the batch even though the model is idle
         "queue_size": 512,
         "max_workers": 256,
         "grace_seconds": GRACE,
