@@ -71,6 +71,15 @@ def test_services_and_build() -> None:
                 assert source in declared, f"{name}: undeclared volume {source}"
 
 
+
+def test_stopping_the_stack_lets_gradsentry_drain() -> None:
+    """compose's stop timeout must outlast the server's drain, or calls are cut off."""
+    service = compose()["services"]["gradsentry"]
+    grace = float(service["environment"]["GRADSENTRY_GRACE_SECONDS"])
+    period = service["stop_grace_period"]
+    assert period.endswith("s") and float(period[:-1]) > grace
+
+
 def test_every_mounted_file_exists() -> None:
     mounted = 0
     for name, service in compose()["services"].items():
