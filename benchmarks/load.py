@@ -300,18 +300,21 @@ def median_of(outcomes: list[Outcome]) -> Outcome:
     return ranked[(len(ranked) - 1) // 2]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_load_arguments(parser: argparse.ArgumentParser, per: str, target: float) -> None:
+    """The client-load options both load benchmarks share (``per``: "mode" or "server")."""
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per mode (20)")
+    parser.add_argument("--duration", type=float, default=20.0, help=f"seconds per {per} (20)")
     parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds first (2)")
-    parser.add_argument("--rounds", type=int, default=1, help="alternations of the modes (1)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternations (1)")
     parser.add_argument("--max-batch-size", type=int, default=32, help="batching on (32)")
     parser.add_argument("--max-delay-ms", type=float, default=5.0, help="batching on (5)")
-    parser.add_argument("--target", type=float, default=3.0, help="--check ratio (3)")
+    parser.add_argument("--target", type=float, default=target, help=f"--check ratio ({target:g})")
     parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    args = parser.parse_args(argv)
+
+
+def check_load_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse options outside the bounded ranges (parser.error exits 2)."""
     if args.clients < 1:
         parser.error("--clients must be >= 1")
     if not 0 < args.duration <= MAX_DURATION:
@@ -320,6 +323,51 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--warmup must be in [0, 60] seconds")
     if not 1 <= args.rounds <= 10:
         parser.error("--rounds must be in 1..10")
+    if args.max_batch_size < 1 or args.max_delay_ms < 0:
+        parser.error("--max-batch-size must be >= 1 and --max-delay-ms >= 0")
+
+
+def report(
+    runs: dict[str, list[Outcome]], args: argparse.Namespace, top: str, bottom: str, what: str
+) -> int:
+    """Print every run and the ratio of the median requests/s of ``top`` over ``bottom``
+    (described as ``what``); write ``--json``; the exit code ``--check`` asks for."""
+    width = max(len(name) for name in runs) + 2
+    header = f"{'':<{width}}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'batch':>7}"
+    print(f"\n{header}{'server CPU':>12}{'machine CPU':>13}")
+    for outcomes in runs.values():
+        for r in outcomes:
+            print(
+                f"{r.mode:<{width}}{r.requests_per_second:>9.1f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
+                f"{r.errors:>8d}{r.mean_batch_size:>7.1f}{r.server_cpu_cores:>12.2f}"
+                f"{r.machine_cpu_cores:>13.2f}"
+            )
+            if r.error_codes:
+                print(f"{'':<{width}}errors by code: {r.error_codes}")
+    num, den = median_of(runs[top]), median_of(runs[bottom])
+    ratio = num.requests_per_second / den.requests_per_second if den.requests_per_second else 0.0
+    errors = sum(r.errors for outcomes in runs.values() for r in outcomes)
+    which = "median " if args.rounds > 1 else ""
+    print(
+        f"ratio {what} ({which}requests/s): {ratio:.2f}x; errors: {errors} "
+        f"(target >= {args.target:g}x with 0 errors; CPU in cores of {os.cpu_count()})"
+    )
+    if args.json:
+        payload = {
+            "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()},
+            "ratio": ratio,
+            "errors": errors,
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    met = ratio >= args.target and errors == 0
+    return 0 if met or not args.check else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_load_arguments(parser, "mode", target=3.0)
+    args = parser.parse_args(argv)
+    check_load_arguments(parser, args)
 
     common = {"max_workers": max(8, args.clients), "queue_size": max(256, 4 * args.clients)}
     modes = {
@@ -340,35 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 runs[mode].append(run_mode(mode, settings, args, Path(tmp)))
-
-    header = f"{'mode':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'batch':>7}"
-    print(f"\n{header}{'server CPU':>12}{'machine CPU':>13}")
-    for mode_runs in runs.values():
-        for r in mode_runs:
-            print(
-                f"{r.mode:<14}{r.requests_per_second:>9.1f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
-                f"{r.errors:>8d}{r.mean_batch_size:>7.1f}{r.server_cpu_cores:>12.2f}"
-                f"{r.machine_cpu_cores:>13.2f}"
-            )
-            if r.error_codes:
-                print(f"{'':<14}errors by code: {r.error_codes}")
-    on, off = (median_of(mode_runs) for mode_runs in runs.values())
-    ratio = on.requests_per_second / off.requests_per_second if off.requests_per_second else 0.0
-    errors = sum(r.errors for mode_runs in runs.values() for r in mode_runs)
-    which = "median " if args.rounds > 1 else ""
-    print(
-        f"ratio (on / off, {which}requests/s): {ratio:.2f}x; errors: {errors} "
-        f"(target >= {args.target:g}x with 0 errors; CPU in cores of {os.cpu_count()})"
-    )
-    if args.json:
-        payload = {
-            "runs": {mode: [asdict(r) for r in rs] for mode, rs in runs.items()},
-            "ratio": ratio,
-            "errors": errors,
-        }
-        Path(args.json).write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    met = ratio >= args.target and errors == 0
-    return 0 if met or not args.check else 1
+    return report(runs, args, "batching on", "batching off", "on / off")
 
 
 if __name__ == "__main__":

@@ -24,13 +24,12 @@ checked requests/s at least TorchServe's plain predictions/s) with zero errors.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -40,13 +39,14 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.load import (
-    MAX_DURATION,
     Calls,
     Outcome,
-    Server,
+    add_load_arguments,
+    check_load_arguments,
     drive,
     machine_cpu,
-    median_of,
+    report,
+    run_mode,
 )
 from benchmarks.torchserve_harness import (
     TorchServe,
@@ -131,46 +131,14 @@ def run_gradsentry(mar: Path, args: argparse.Namespace, workdir: Path) -> Outcom
         "max_workers": max(8, args.clients),
         "queue_size": max(256, 4 * args.clients),
     }
-    server = Server(settings, workdir)
-    try:
-        before = server.batch_sizes()
-        outcome = measure(
-            GRADSENTRY,
-            server.proc.pid,
-            lambda: drive(server.address, args.clients, args.warmup, args.duration),
-        )
-        after = server.batch_sizes()
-    finally:
-        code = server.stop()
-    if code != 0:
-        print(f"warning: gradsentry exited with {code}", file=sys.stderr)
-    batches = after[1] - before[1]
-    mean_batch = (after[0] - before[0]) / batches if batches else float("nan")
-    return replace(outcome, mean_batch_size=mean_batch)
+    return run_mode(GRADSENTRY, settings, args, workdir)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per server (20)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds first (2)")
-    parser.add_argument("--rounds", type=int, default=1, help="alternations (1)")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="both servers (32)")
-    parser.add_argument("--max-delay-ms", type=float, default=5.0, help="both servers (5)")
-    parser.add_argument("--target", type=float, default=1.0, help="--check ratio (1)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    add_load_arguments(parser, "server", target=1.0)
     args = parser.parse_args(argv)
-    if args.clients < 1:
-        parser.error("--clients must be >= 1")
-    if not 0 < args.duration <= MAX_DURATION:
-        parser.error(f"--duration must be in (0, {MAX_DURATION:.0f}] seconds")
-    if not 0 <= args.warmup <= 60:
-        parser.error("--warmup must be in [0, 60] seconds")
-    if not 1 <= args.rounds <= 10:
-        parser.error("--rounds must be in 1..10")
-    if args.max_batch_size < 1 or args.max_delay_ms < 0:
-        parser.error("--max-batch-size must be >= 1 and --max-delay-ms >= 0")
+    check_load_arguments(parser, args)
 
     runs: dict[str, list[Outcome]] = {TORCHSERVE: [], GRADSENTRY: []}
     with tempfile.TemporaryDirectory(prefix="gradsentry-ts-bench-") as tmp:
@@ -185,36 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{head} gradsentry ({batching}), {args.clients} clients", flush=True)
             runs[GRADSENTRY].append(run_gradsentry(mar, args, workdir))
 
-    print(
-        f"\n{'server':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'batch':>7}"
-        f"{'server CPU':>12}{'machine CPU':>13}"
-    )
-    for outcomes in runs.values():
-        for r in outcomes:
-            print(
-                f"{r.mode:<12}{r.requests_per_second:>9.1f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
-                f"{r.errors:>8d}{r.mean_batch_size:>7.1f}{r.server_cpu_cores:>12.2f}"
-                f"{r.machine_cpu_cores:>13.2f}"
-            )
-            if r.error_codes:
-                print(f"{'':<12}errors by code: {r.error_codes}")
-    ts, gs = median_of(runs[TORCHSERVE]), median_of(runs[GRADSENTRY])
-    ratio = gs.requests_per_second / ts.requests_per_second if ts.requests_per_second else 0.0
-    errors = sum(r.errors for outcomes in runs.values() for r in outcomes)
-    which = "median " if args.rounds > 1 else ""
-    print(
-        f"ratio gradsentry / torchserve ({which}requests/s): {ratio:.2f}x; errors: {errors} "
-        f"(target >= {args.target:g}x with 0 errors; CPU in cores of {os.cpu_count()})"
-    )
-    if args.json:
-        payload = {
-            "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()},
-            "ratio": ratio,
-            "errors": errors,
-        }
-        Path(args.json).write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    met = ratio >= args.target and errors == 0
-    return 0 if met or not args.check else 1
+    return report(runs, args, GRADSENTRY, TORCHSERVE, "gradsentry / torchserve")
 
 
 if __name__ == "__main__":

@@ -218,9 +218,7 @@ class Batcher:
                 self._dispatch(batch)
             except BaseException as exc:  # never leave a caller waiting forever
                 log.exception("batch of %d failed", len(batch))
-                for r in batch:
-                    if not r.future.done():
-                        r.future.set_exception(exc)
+                _fail(batch, exc)
 
     def _idle_enough(self) -> bool:
         """The model is idle and the gathering batch already holds ``min_rows`` inputs (the
@@ -308,9 +306,7 @@ class Batcher:
             results = done.result()
         except BaseException as exc:
             log.error("batch of %d failed: %s", len(live), exc)
-            for r in live:
-                if not r.future.done():
-                    r.future.set_exception(exc)
+            _fail(live, exc)
             return
         try:
             with self._cond:
@@ -327,9 +323,7 @@ class Batcher:
                 self._report("observe_stage", "queue", started - r.submitted)
         except BaseException as exc:  # never leave a caller waiting forever
             log.exception("answering a batch of %d failed", len(live))
-            for r in live:
-                if not r.future.done():
-                    r.future.set_exception(exc)
+            _fail(live, exc)
 
     def _release_slot(self) -> None:
         with self._slots:
@@ -351,3 +345,10 @@ class Batcher:
             getattr(self.metrics, method)(*args)
         except Exception:
             log.exception("metrics.%s failed", method)
+
+
+def _fail(requests: Sequence[_Request], exc: BaseException) -> None:
+    """End every request not yet answered with ``exc``: no caller is left waiting."""
+    for r in requests:
+        if not r.future.done():
+            r.future.set_exception(exc)

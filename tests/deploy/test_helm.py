@@ -479,6 +479,8 @@ def test_notes_say_how_to_call_the_service(releases: dict[str | None, Release]) 
         ({"config": {"grace_seconds": -1}}, "/config/grace_seconds': minimum"),
         ({"config": {"max_batch_size": 1.5}}, "/config/max_batch_size': got number"),
         ({"config": {"device": "tpu"}}, "/config/device': 'tpu' does not match"),
+        ({"config": {"model_worker": "thread"}}, "/config/model_worker': value must be one of"),
+        ({"config": {"torch_threads": -1}}, "/config/torch_threads': minimum"),
         ({"autoscaling": {"metric": "memory"}}, "/autoscaling/metric': value must be one of"),
         ({"gpu": {"count": 0}}, "/gpu/count': minimum"),
         ({"gpu": {"enabled": "yes"}}, "/gpu/enabled': got string, want boolean"),
