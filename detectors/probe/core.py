@@ -199,11 +199,16 @@ class GradientProbe:
                         f"the model must return logits [B, C]; got {_describe(logits)}"
                     )
                 for k, (name, fn) in enumerate(zip(loss_names, loss_fns, strict=True)):
-                    current["target"] = feats[name]
+                    current["norms"] = norms = {}
                     current["last"] = k == len(loss_fns) - 1
                     torch.autograd.grad(
                         fn(logits).sum(), anchor, retain_graph=k < len(loss_fns) - 1
                     )
+                    if norms:  # one write of all columns, not one per parameter
+                        columns = list(norms)
+                        feats[name][:, columns] = torch.stack(
+                            [norms[c].to(torch.float32) for c in columns], 1
+                        )
                 t2 = time.perf_counter()
         finally:
             self._hooks_active = False
@@ -265,9 +270,9 @@ class GradientProbe:
                 norms = fallback_norms(
                     unit.module, list(unit.columns), args, unit.kwargs, grad_output
                 )
-            target = current["target"]
+            out = current["norms"]
             for local, column in unit.columns.items():
-                target[:, column] = norms[local].detach().to(torch.float32)
+                out[column] = norms[local].detach()
             if current["last"]:  # free activations as soon as the last backward used them
                 unit.args, unit.kwargs = None, {}
 

@@ -24,4 +24,6 @@ def outer_sum_sq_norm(a: Tensor, g: Tensor) -> Tensor:
 
 def sq_norm(x: Tensor) -> Tensor:
     """Σ x² over every dim but the first: [N, ...] -> [N]."""
-    return x.reshape(x.shape[0], -1).pow(2).sum(dim=1)
+    # One fused reduction pass (pow + sum makes two, and pow takes a slow path on the
+    # large per-sample gradients).
+    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1).square()

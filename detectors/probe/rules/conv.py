@@ -22,17 +22,34 @@ def _explicit_padding(conv: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
     return F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
 
 
+def _zero_padding(conv: nn.Conv1d | nn.Conv2d) -> tuple[int, ...] | None:
+    """The conv's padding when kernels can apply it themselves (zeros, numeric, symmetric);
+    None when it must be applied to the input first (other modes, 'same'/'valid')."""
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None
+    return tuple(conv.padding)
+
+
 def _patches(conv: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
     """Input [B, C_in, (H,) W] -> patches [B, C_in·k, T] matching the conv's output positions."""
-    x = _explicit_padding(conv, x)
+    padding = _zero_padding(conv)
+    if padding is None:  # pad here (a copy); unfold then pads nothing
+        x, padding = _explicit_padding(conv, x), (0,) * (x.dim() - 2)
     if isinstance(conv, nn.Conv1d):  # treat as a 1×W image
         return F.unfold(
             x.unsqueeze(2),
             kernel_size=(1, conv.kernel_size[0]),
             dilation=(1, conv.dilation[0]),
+            padding=(0, padding[0]),
             stride=(1, conv.stride[0]),
         )
-    return F.unfold(x, kernel_size=conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
+    return F.unfold(
+        x,
+        kernel_size=conv.kernel_size,
+        dilation=conv.dilation,
+        padding=padding,
+        stride=conv.stride,
+    )
 
 
 def _per_sample_weight_grad(conv: nn.Conv1d | nn.Conv2d, x: Tensor, g: Tensor) -> Tensor:
@@ -40,16 +57,20 @@ def _per_sample_weight_grad(conv: nn.Conv1d | nn.Conv2d, x: Tensor, g: Tensor) -
     kernel: the batch is folded into channel groups, so the backend's convolution
     kernels do the work (several times faster than unfold + bmm on large layers)."""
     b, spatial = x.shape[0], x.dim() - 2
-    x = _explicit_padding(conv, x)
-    weight = conv.weight.detach()
-    folded = weight.unsqueeze(0).expand(b, *weight.shape).reshape(-1, *weight.shape[1:])
+    padding = _zero_padding(conv)
+    if padding is None:
+        x, padding = _explicit_padding(conv, x), (0,) * spatial
+    weight = conv.weight
+    # Only the weight gradient is asked for, so the kernel reads the weight's shape, never
+    # its values: an uninitialised tensor saves copying the weight B times.
+    folded = weight.new_empty((b * weight.shape[0], *weight.shape[1:]))
     grad_w = torch.ops.aten.convolution_backward(
         g.reshape(1, -1, *g.shape[2:]),
         x.reshape(1, -1, *x.shape[2:]),
         folded,
         None,
         conv.stride,
-        (0,) * spatial,
+        padding,
         conv.dilation,
         False,
         (0,) * spatial,
