@@ -1,4 +1,6 @@
-"""Evaluation: detection metrics, baseline scores and the markdown / ROC / JSON report.
+"""Evaluation: detection metrics, baseline scores and the markdown / ROC / JSON report
+(``detectors.evaluate.report``, imported on its own: it loads matplotlib, which scoring
+— the baselines the feature extractor reuses — does not need).
 
 Every score follows one convention: higher = more likely challenging (adversarial,
 OOD or corrupted). Challenge inputs are the positives, clean inputs the negatives.
@@ -6,23 +8,9 @@ OOD or corrupted). Challenge inputs are the positives, clean inputs the negative
 
 from detectors.evaluate import baselines
 from detectors.evaluate.metrics import DetectionMetrics, detection_metrics
-from detectors.evaluate.report import (
-    CleanScores,
-    Report,
-    ReportFiles,
-    SetResult,
-    SetScores,
-    build_report,
-)
 
 __all__ = [
-    "CleanScores",
     "DetectionMetrics",
-    "Report",
-    "ReportFiles",
-    "SetResult",
-    "SetScores",
     "baselines",
-    "build_report",
     "detection_metrics",
 ]

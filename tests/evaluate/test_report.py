@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from detectors.evaluate import CleanScores, SetScores, build_report
 from detectors.evaluate.metrics import detection_metrics
-from detectors.evaluate.report import Report
+from detectors.evaluate.report import CleanScores, Report, SetScores, build_report
 
 CLEAN = np.array([0.0, 1.0, 2.0, 3.0])
 
