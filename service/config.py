@@ -106,6 +106,10 @@ class ServerConfig:
     # "process": the model runs in a child process (service.worker), so gRPC handling and
     # the model use separate cores; "inline": in the server process (simplest to debug).
     model_worker: str = "process"
+    # With model_worker "process": how much lower (Linux nice increment) the gRPC process's
+    # CPU priority is than the model worker's, so that the worker, the bottleneck, runs
+    # first when both want a core; 0 leaves them equal.
+    server_nice: int = 10
     # torch intra-op threads for the model; 0 keeps this process's setting (torch's default:
     # one per visible core), which the model worker process then uses too.
     torch_threads: int = 0
@@ -138,6 +142,8 @@ class ServerConfig:
             raise ConfigError(
                 f"model_worker: must be one of {list(MODEL_WORKERS)}, got {self.model_worker!r}"
             )
+        if not 0 <= self.server_nice <= 19:
+            raise ConfigError(f"server_nice: must be in 0..19, got {self.server_nice}")
         if self.torch_threads < 0:
             raise ConfigError(
                 f"torch_threads: must be >= 0 (0: torch's default), got {self.torch_threads}"

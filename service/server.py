@@ -29,10 +29,11 @@ from service.batcher import Batcher
 from service.config import ServerConfig, load_config
 from service.interceptors import ErrorInterceptor, MetricsInterceptor
 from service.metrics import Metrics, MetricsHTTPServer, model_info
+from service.priority import lower_threads
 from service.security import interceptors as security_interceptors
 from service.security import server_credentials
 from service.servicer import ReliabilityServicer
-from service.worker import start_pipeline
+from service.worker import ProcessPipeline, start_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,10 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
         batcher.close(drain=False)
         pipeline.close()
         raise
+    if isinstance(pipeline, ProcessPipeline):  # every thread exists now: lower them all
+        lower_threads(
+            config.server_nice, keep=ProcessPipeline.launcher_tids, base=pipeline.launcher_nice
+        )
     servicer.ready.set()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -26,9 +26,9 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -75,6 +75,9 @@ class ProcessPipeline(BasePipeline):
     """
 
     max_in_flight = 2
+    # Native ids of the launcher threads of every live instance in this process: threads
+    # whose CPU priority the server must leave alone (service.priority).
+    launcher_tids: ClassVar[set[int]] = set()
 
     def __init__(self, config: ServerConfig, start_timeout: float = START_TIMEOUT) -> None:
         self._config = config
@@ -88,6 +91,10 @@ class ProcessPipeline(BasePipeline):
         self._pending: collections.deque[Future[Verdicts]] = collections.deque()
         self._closed = False
         self.restarts = 0
+        self._launcher = ThreadPoolExecutor(1, thread_name_prefix="model-worker-launcher")
+        self.launcher_tid: int = self._launcher.submit(threading.get_native_id).result()
+        self.launcher_nice = os.getpriority(os.PRIO_PROCESS, self.launcher_tid)
+        ProcessPipeline.launcher_tids.add(self.launcher_tid)
         hello = self._start()
         spec = hello["spec"]
         super().__init__(
@@ -114,6 +121,8 @@ class ProcessPipeline(BasePipeline):
         with self._send_lock, self._io:
             self._closed = True
             self._stop()
+            self._launcher.shutdown(wait=False)
+            ProcessPipeline.launcher_tids.discard(self.launcher_tid)
             while self._pending:
                 self._pending.popleft().set_exception(
                     WorkerError("the model worker was stopped before it answered")
@@ -212,12 +221,15 @@ class ProcessPipeline(BasePipeline):
         # The child imports exactly what this process imports (source tree or install).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
-            process = subprocess.Popen(
+            # Started from the launcher thread, whose CPU priority the server leaves as it
+            # was (service.priority): a new worker inherits it.
+            process = self._launcher.submit(
+                subprocess.Popen,
                 [sys.executable, "-m", "service.worker", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
-            )
+            ).result()
         finally:
             theirs.close()
         conn = Connection(ours.detach())

@@ -57,6 +57,7 @@ def test_yaml_then_env_overrides(tmp_path: Path) -> None:
         ("max_delay_ms: -1\n", {}, "max_delay_ms"),
         ("device: tpu\n", {}, "device"),
         ("model_worker: thread\n", {}, "model_worker"),
+        ("server_nice: 20\n", {}, "server_nice"),
         ("", {"GRADSENTRY_TORCH_THREADS": "-1"}, "torch_threads"),
         ("input_shape: 28\n", {}, "input_shape"),
         ("input_shape: [28, 28]\n", {}, "input_shape"),

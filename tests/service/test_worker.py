@@ -21,6 +21,7 @@ from service.batcher import Batcher
 from service.config import build_config
 from service.loader import ModelLoadError
 from service.pipeline import BasePipeline
+from service.priority import nice_of
 from service.server import SentryServer, create_server
 from service.wire import WireError, pack, pack_verdicts, unpack, unpack_verdicts
 from service.worker import ProcessPipeline, start_pipeline
@@ -111,7 +112,7 @@ def test_a_worker_that_cannot_load_says_why(worker: str, tmp_path) -> None:
 @pytest.fixture()
 def process_server() -> Iterator[tuple[SentryServer, grpc.Channel]]:
     torch.set_num_threads(1)
-    running, port = create_server(config(model_worker="process", max_delay_ms=0))
+    running, port = create_server(config(model_worker="process", max_delay_ms=0, server_nice=5))
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield running, channel
     channel.close()
@@ -143,9 +144,14 @@ def test_a_killed_worker_is_replaced_and_the_server_keeps_serving(process_server
         assert reply.score == pytest.approx(before.score, rel=1e-9)
         np.testing.assert_allclose(reply.features, before.features, rtol=1e-9)
 
-    # Killed while idle: noticed at once, and the next call starts a new worker.
+    # The gRPC process runs below the worker's CPU priority (server_nice), so the model,
+    # the bottleneck, runs first when both want a core.
     first = pipeline.pid
     assert first is not None
+    assert nice_of(first) == pipeline.launcher_nice
+    assert os.getpriority(os.PRIO_PROCESS, 0) == min(19, pipeline.launcher_nice + 5)
+
+    # Killed while idle: noticed at once, and the next call starts a new worker.
     os.kill(first, signal.SIGKILL)
     wait_for(lambda: pipeline.pid is None, "the dead worker was not noticed")
     same_answer(stub.Check(request, timeout=WAIT))
@@ -166,6 +172,8 @@ def test_a_killed_worker_is_replaced_and_the_server_keeps_serving(process_server
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == serving
     same_answer(stub.Check(request, timeout=WAIT))
     assert pipeline.restarts == 2 and pipeline.pid not in (None, first, second)
+    # A restarted worker keeps the worker's priority, not the lowered one of the server.
+    assert nice_of(pipeline.pid) == pipeline.launcher_nice
     assert running.servicer.batcher.stats().peak_in_flight >= 1
 
 
