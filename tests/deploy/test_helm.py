@@ -481,6 +481,7 @@ def test_notes_say_how_to_call_the_service(releases: dict[str | None, Release]) 
         ({"config": {"device": "tpu"}}, "/config/device': 'tpu' does not match"),
         ({"config": {"model_worker": "thread"}}, "/config/model_worker': value must be one of"),
         ({"config": {"torch_threads": -1}}, "/config/torch_threads': minimum"),
+        ({"config": {"server_nice": 20}}, "/config/server_nice': maximum"),
         ({"autoscaling": {"metric": "memory"}}, "/autoscaling/metric': value must be one of"),
         ({"gpu": {"count": 0}}, "/gpu/count': minimum"),
         ({"gpu": {"enabled": "yes"}}, "/gpu/enabled': got string, want boolean"),
