@@ -84,8 +84,8 @@ class ProcessPipeline(BasePipeline):
         self._start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
-        # Sends, the answer queue and the child's life are guarded by one lock; answers are
-        # matched to batches by order (the child answers one batch after another).
+        # ``_io`` guards the answer queue and the child's life, ``_send_lock`` the order of
+        # sends; answers are matched to batches by order (the child answers one by one).
         self._io = threading.Lock()
         self._send_lock = threading.Lock()
         self._pending: collections.deque[Future[Verdicts]] = collections.deque()
@@ -95,7 +95,12 @@ class ProcessPipeline(BasePipeline):
         self.launcher_tid: int = self._launcher.submit(threading.get_native_id).result()
         self.launcher_nice = os.getpriority(os.PRIO_PROCESS, self.launcher_tid)
         ProcessPipeline.launcher_tids.add(self.launcher_tid)
-        hello = self._start()
+        try:
+            hello = self._start()
+        except BaseException:
+            self._launcher.shutdown(wait=False)
+            ProcessPipeline.launcher_tids.discard(self.launcher_tid)
+            raise
         spec = hello["spec"]
         super().__init__(
             InputSpec(
