@@ -110,9 +110,12 @@ class ServerConfig:
     # CPU priority is than the model worker's, so that the worker, the bottleneck, runs
     # first when both want a core; 0 leaves them equal.
     server_nice: int = 10
-    # torch intra-op threads for the model; 0 keeps this process's setting (torch's default:
-    # one per visible core), which the model worker process then uses too.
-    torch_threads: int = 0
+    # torch intra-op threads for the model. 1 by default: kernels that split a sum over
+    # several threads split it by batch size, so an input's answer would depend on the batch
+    # it shares (and torch's own default, one thread per core of the host, oversubscribes a
+    # container's CPU limit). Raise it for a large model on cores to spare; 0 keeps this
+    # process's setting, which the model worker process then uses too.
+    torch_threads: int = 1
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
