@@ -9,7 +9,6 @@ never write ``.grad`` on its parameters (gradients, where needed, are taken with
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from numbers import Real
 from typing import ClassVar, Self
@@ -19,11 +18,13 @@ import torch
 from torch import nn
 
 
-class Baseline(ABC):
+class Baseline:
     """A scoring rule on a classifier's outputs or activations.
 
     Subclasses set ``name`` (through the registry's ``register``) and implement
-    ``score``; those that learn statistics from clean data also override ``fit``.
+    ``score_batch`` (a score per batch) or ``score_images`` (the whole array); they check
+    their settings in ``check_params``; those that learn statistics from clean data also
+    override ``fit``. ``score`` does the shared input checks.
     """
 
     name: ClassVar[str] = ""
@@ -49,9 +50,11 @@ class Baseline(ABC):
         check_batch_size(batch_size)
         return self
 
-    @abstractmethod
     def score(self, model: nn.Module, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
         """Score images; higher = more likely adversarial / OOD / corrupted.
+
+        Checks the baseline's own settings (``check_params``), the model, the images and the
+        batch size, then scores with ``score_images``.
 
         Args:
             model: classifier in eval mode.
@@ -61,6 +64,29 @@ class Baseline(ABC):
         Returns:
             float64 [N].
         """
+        self.check_params()
+        check_model(model)
+        check_images(images)
+        check_batch_size(batch_size)
+        return self.score_images(model, images, batch_size)
+
+    def check_params(self) -> None:
+        """Refuse invalid settings (or an unfitted baseline) before any work; none here."""
+
+    def score_images(self, model: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """Checked inputs -> float64 [N]: ``score_batch`` per batch, without autograd (a
+        baseline that needs input gradients enables them itself)."""
+        out: list[np.ndarray] = []
+        with torch.no_grad():
+            for x in batches(images, batch_size, model_device(model)):
+                out.append(self.score_batch(model, x).double().cpu().numpy())
+        return np.concatenate(out)
+
+    def score_batch(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """x float32 [B, C, H, W] on the model's device -> scores [B]."""
+        raise NotImplementedError(
+            f"{type(self).__name__} implements neither score_batch nor score_images"
+        )
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))

@@ -18,10 +18,6 @@ from torch import nn
 from detectors.evaluate.baselines.base import (
     Baseline,
     batches,
-    check_batch_size,
-    check_images,
-    check_labels,
-    check_model,
     check_number,
     model_device,
 )
@@ -95,10 +91,7 @@ class Mahalanobis(Baseline):
     ) -> Self:
         """Fit class means and the tied covariance on clean images float32 [N, C, H, W]
         with their true labels int64 [N]."""
-        check_model(model)
-        check_images(images)
-        check_labels(labels, len(images))
-        check_batch_size(batch_size)
+        super().fit(model, images, labels, batch_size=batch_size)  # the shared input checks
         if self.rcond is not None:
             check_number(self.rcond, "rcond", positive=False)
             if self.rcond >= 1:
@@ -109,13 +102,12 @@ class Mahalanobis(Baseline):
         self.classes_, self.means_, self.whitener_ = fit_tied_gaussian(feats, labels, self.rcond)
         return self
 
-    def score(self, model: nn.Module, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-        """float64 [N] >= 0: distance to the closest class mean."""
+    def check_params(self) -> None:
         if not hasattr(self, "whitener_"):
             raise NotFittedError("Mahalanobis is not fitted yet; call fit() on clean data first")
-        check_model(model)
-        check_images(images)
-        check_batch_size(batch_size)
+
+    def score_images(self, model: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """float64 [N] >= 0: distance to the closest class mean."""
         feats = penultimate_features(model, images, batch_size)
         if feats.shape[1] != self.means_.shape[1]:
             raise ValueError(

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from detectors.evaluate.baselines.base import (
     Baseline,
-    batches,
-    check_batch_size,
-    check_images,
-    check_model,
     check_number,
     logits_of,
-    model_device,
 )
 from detectors.evaluate.baselines.registry import register
 
@@ -38,20 +32,16 @@ class Odin(Baseline):
         self.temperature = temperature
         self.epsilon = epsilon
 
-    def score(self, model: nn.Module, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-        """float64 [N] in [−1, −1/K]."""
-        check_model(model)
-        check_images(images)
-        check_batch_size(batch_size)
-        t = check_number(self.temperature, "temperature", positive=True)
-        eps = check_number(self.epsilon, "epsilon", positive=False)
-        out: list[np.ndarray] = []
-        for x in batches(images, batch_size, model_device(model)):
-            x_tilde = self._preprocess(model, x, t, eps)
-            with torch.no_grad():
-                probs = torch.softmax(logits_of(model, x_tilde).double() / t, dim=1)
-            out.append((-probs.max(dim=1).values).cpu().numpy())
-        return np.concatenate(out)
+    def check_params(self) -> None:
+        check_number(self.temperature, "temperature", positive=True)
+        check_number(self.epsilon, "epsilon", positive=False)
+
+    def score_batch(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """float64 [B] in [−1, −1/K]."""
+        t, eps = float(self.temperature), float(self.epsilon)
+        x_tilde = self._preprocess(model, x, t, eps)
+        probs = torch.softmax(logits_of(model, x_tilde).double() / t, dim=1)
+        return -probs.max(dim=1).values
 
     @staticmethod
     def _preprocess(model: nn.Module, x: torch.Tensor, t: float, eps: float) -> torch.Tensor:
