@@ -8,16 +8,17 @@ import numpy as np
 from art.attacks.evasion import ProjectedGradientDescent
 from art.estimators.classification import PyTorchClassifier
 
-from detectors.challenges.art_attack import ArtAttack
+from detectors.challenges.bim import BIM
 from detectors.challenges.registry import ChallengeContext, register
 from detectors.challenges.spec import ParamValue
 
 
 @register
-class PGD(ArtAttack):
+class PGD(BIM):
     """``pgd:eps=0.3,eps_step=0.01,steps=40,random_init=true`` — Madry's MNIST setting.
 
-    random_init starts from a uniform point in the eps-ball (the seed picks it).
+    random_init starts from a uniform point in the eps-ball (the seed picks it). The
+    parameters are BIM's (and checked alike) plus that start.
     """
 
     name: ClassVar[str] = "pgd"
@@ -31,12 +32,6 @@ class PGD(ArtAttack):
     @property
     def stochastic(self) -> bool:
         return self._bool("random_init")
-
-    def validate(self) -> None:
-        eps, eps_step, steps = self._float("eps"), self._float("eps_step"), self._int("steps")
-        self._require(0.0 < eps <= 1.0, "eps must be in (0, 1]")
-        self._require(0.0 < eps_step <= eps, "eps_step must be in (0, eps]")
-        self._require(steps >= 1, "steps must be >= 1")
 
     def _attack(self, classifier: PyTorchClassifier, ctx: ChallengeContext) -> Any:
         return ProjectedGradientDescent(
