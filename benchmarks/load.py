@@ -33,7 +33,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -264,34 +264,44 @@ def drive(
     )
 
 
+def measure(name: str, pid: int, run: Callable[[], Outcome]) -> Outcome:
+    """``run()``'s outcome named ``name``, with the CPU that process ``pid`` and its
+    children (a model worker, TorchServe's workers) and the whole machine used meanwhile."""
+    cpu0, machine0, t0 = process_cpu(pid), machine_cpu(), time.monotonic()
+    outcome = run()
+    cpu1, machine1, t1 = process_cpu(pid), machine_cpu(), time.monotonic()
+    # Cores in use on average: busy CPU seconds over wall seconds (whole machine: busy
+    # share of all CPU time times the number of CPUs).
+    cores = os.cpu_count() or 1
+    machine = cores * (machine1[0] - machine0[0]) / (machine1[1] - machine0[1] or float("nan"))
+    return replace(
+        outcome,
+        mode=name,
+        server_cpu_cores=(cpu1 - cpu0) / (t1 - t0),
+        machine_cpu_cores=machine,
+    )
+
+
 def run_mode(
     mode: str, settings: dict[str, object], args: argparse.Namespace, workdir: Path
 ) -> Outcome:
+    """Start a server with ``settings``, drive it, stop it: its Outcome."""
     server = Server(settings, workdir)
     try:
         before = server.batch_sizes()
-        cpu0, machine0, t0 = process_cpu(server.proc.pid), machine_cpu(), time.monotonic()
-        outcome = drive(server.address, args.clients, args.warmup, args.duration)
-        cpu1, machine1, t1 = process_cpu(server.proc.pid), machine_cpu(), time.monotonic()
+        outcome = measure(
+            mode,
+            server.proc.pid,
+            lambda: drive(server.address, args.clients, args.warmup, args.duration),
+        )
         after = server.batch_sizes()
     finally:
         code = server.stop()
     if code != 0:
         print(f"warning: {mode} server exited with {code}", file=sys.stderr)
     batches = after[1] - before[1]
-    # Cores in use on average: busy CPU seconds over wall seconds (whole machine: busy
-    # share of all CPU time times the number of CPUs).
-    cores = os.cpu_count() or 1
-    machine = cores * (machine1[0] - machine0[0]) / (machine1[1] - machine0[1] or float("nan"))
-    return Outcome(
-        **{
-            **asdict(outcome),
-            "mode": mode,
-            "mean_batch_size": (after[0] - before[0]) / batches if batches else float("nan"),
-            "server_cpu_cores": (cpu1 - cpu0) / (t1 - t0),
-            "machine_cpu_cores": machine,
-        }
-    )
+    mean_batch = (after[0] - before[0]) / batches if batches else float("nan")
+    return replace(outcome, mean_batch_size=mean_batch)
 
 
 def median_of(outcomes: list[Outcome]) -> Outcome:

@@ -24,17 +24,13 @@ checked requests/s at least TorchServe's plain predictions/s) with zero errors.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import numpy as np
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,7 +40,7 @@ from benchmarks.load import (
     add_load_arguments,
     check_load_arguments,
     drive,
-    machine_cpu,
+    measure,
     report,
     run_mode,
 )
@@ -59,23 +55,6 @@ from detectors.demo import ARTIFACTS
 GRADSENTRY, TORCHSERVE = "gradsentry", "torchserve"
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by process ``pid`` and its live descendants."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return float("nan")
-    total = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            continue
-    return total
-
-
 def predictions_calls(workdir: Path) -> Calls:
     """Clients calling TorchServe's gRPC Predictions on the demo digits in turn."""
     pb2, pb2_grpc = inference_protos(workdir / "ts-protos")
@@ -87,21 +66,6 @@ def predictions_calls(workdir: Path) -> Calls:
         return lambda i: predict(requests[i % len(requests)], timeout=30)
 
     return bind
-
-
-def measure(name: str, pid: int, run: Callable[[], Outcome]) -> Outcome:
-    """``run()``'s outcome with the CPU the server process tree and the machine used."""
-    cpu0, machine0, t0 = tree_cpu(pid), machine_cpu(), time.monotonic()
-    outcome = run()
-    cpu1, machine1, t1 = tree_cpu(pid), machine_cpu(), time.monotonic()
-    cores = os.cpu_count() or 1
-    machine = cores * (machine1[0] - machine0[0]) / (machine1[1] - machine0[1] or float("nan"))
-    return replace(
-        outcome,
-        mode=name,
-        server_cpu_cores=(cpu1 - cpu0) / (t1 - t0),
-        machine_cpu_cores=machine,
-    )
 
 
 def run_torchserve(mar: Path, args: argparse.Namespace, workdir: Path, calls: Calls) -> Outcome:

@@ -179,8 +179,7 @@ class BasePipeline:
     def _run_batch(self, inputs: Sequence[np.ndarray], min_rows: int = 1) -> list[Result]:
         if not inputs:
             return []
-        rows = [*inputs, *[inputs[0]] * (min_rows - len(inputs))]
-        batch = np.concatenate(rows, axis=0)
+        batch = padded_batch(inputs, min_rows)
         t0 = time.perf_counter()
         with self._lock:
             waited = time.perf_counter() - t0
@@ -230,6 +229,13 @@ class Pipeline(BasePipeline):
     def _check(self, batch: np.ndarray) -> Verdicts:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         return self.sentry.check(x)
+
+
+def padded_batch(inputs: Sequence[np.ndarray], min_rows: int) -> np.ndarray:
+    """Inputs [1, C, H, W] each -> one batch [max(n, min_rows), C, H, W], padded with copies
+    of the first input (their results are dropped)."""
+    rows = [*inputs, *[inputs[0]] * (min_rows - len(inputs))]
+    return np.concatenate(rows, axis=0)
 
 
 def _same_rows(v: Verdicts, ref: Verdicts, k: int) -> bool:

@@ -37,7 +37,7 @@ from detectors.sentry import Verdicts
 from service.config import ServerConfig, build_config
 from service.errors import WorkerError
 from service.loader import ModelLoadError, build_pipeline
-from service.pipeline import BasePipeline, Result
+from service.pipeline import BasePipeline, Result, padded_batch
 from service.spec import InputSpec
 from service.wire import pack, pack_verdicts, unpack, unpack_verdicts
 
@@ -137,7 +137,6 @@ class ProcessPipeline(BasePipeline):
         """Send the batch and return at once; the Future resolves when the child answers."""
         if not inputs or len(inputs) > self.max_batch_size:
             return super().run_async(inputs, pad)
-        rows = [*inputs, *[inputs[0]] * ((self.min_rows if pad else 1) - len(inputs))]
         results: Future[list[Result]] = Future()
 
         def done(verdicts: Future[Verdicts]) -> None:
@@ -147,7 +146,8 @@ class ProcessPipeline(BasePipeline):
                 results.set_exception(exc)
 
         try:
-            self._send(np.concatenate(rows, axis=0)).add_done_callback(done)
+            batch = padded_batch(inputs, self.min_rows if pad else 1)
+            self._send(batch).add_done_callback(done)
         except Exception as exc:
             results.set_exception(exc)
         return results
