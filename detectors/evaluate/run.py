@@ -102,4 +102,3 @@ def evaluate(
             )
         )
     return build_report(clean, results, primary=PRIMARY, meta=meta)
-

@@ -1,14 +1,17 @@
 """GradientProbe: per-sample, per-parameter squared norms of a confounding gradient.
 
-One batched forward with hooks and one batched backward per confounding loss. A zero
-scalar ``anchor`` is added to the input, and the backward asks only for dJ/d(anchor):
-autograd walks back through every layer (firing the tensor hooks that turn each hooked
-layer's output gradient into per-sample norms at once, then free its recorded inputs)
-but computes no parameter gradient, never writes ``.grad`` and never holds all layer
-gradients at once. Tensor hooks registered before an in-place op (``ReLU(inplace)``,
-``out += identity``) still see the gradient of the layer's own output. A layer whose
-inputs do not depend on the model input (an Embedding fed integer ids) gets the anchor
-threaded through its output by ``_Tap`` instead.
+One batched forward with hooks and one batched backward per confounding loss. Each
+probed layer that no other probed layer feeds (the first convolution, an Embedding fed
+integer ids) has its output cut from everything before it and a zero scalar ``anchor``
+threaded in there by ``_Tap``; the backward asks only for dJ/d(anchor). So autograd walks
+back from the loss through every layer down to the first probed ones (firing the hooks
+that turn each probed layer's output gradient into per-sample norms at once, then free
+its recorded inputs) and no further: it computes no parameter gradient, never writes
+``.grad``, never holds all layer gradients at once, and never computes the gradient
+with respect to the input pixels, which no feature needs (on small models that is the
+costliest kernel of the whole backward). Tensor hooks registered before an in-place op
+(``ReLU(inplace)``, ``out += identity``) still see the gradient of the layer's own
+output.
 """
 
 from __future__ import annotations
@@ -41,20 +44,21 @@ class _Unit:
 
 
 class _Tap(torch.autograd.Function):
-    """Identity on a layer output; its backward hands the output gradient [B, ...] to
-    ``on_grad`` and gives the anchor a zero, so no reduction over the output is paid."""
+    """A copy of a (detached) layer output that joins the anchor's graph: its backward hands
+    the output gradient [B, ...] to ``on_grad`` and gives the anchor a zero, so no reduction
+    over the output is paid."""
 
     @staticmethod
     def forward(ctx: Any, output: Tensor, anchor: Tensor, on_grad: Any) -> Tensor:
         ctx.on_grad = on_grad
         ctx.anchor_meta = (anchor.shape, anchor.dtype, anchor.device)
-        return output.clone()
+        return output.clone()  # a fresh tensor: later in-place ops on it are allowed
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
         ctx.on_grad(grad)
         shape, dtype, device = ctx.anchor_meta
-        return grad, torch.zeros(shape, dtype=dtype, device=device), None
+        return None, torch.zeros(shape, dtype=dtype, device=device), None
 
 
 @dataclass
@@ -175,7 +179,8 @@ class GradientProbe:
         feats = {
             n: x.new_zeros(x.shape[0], self.num_features, dtype=torch.float32) for n in loss_names
         }
-        current: dict[str, Any] = {}
+        # grad_fn nodes of probed layers' outputs, and a memo of which nodes descend from one
+        current: dict[str, Any] = {"probed": set(), "memo": {}}
         anchor = torch.zeros((), device=x.device, requires_grad=True)
         handles += [
             u.module.register_forward_hook(self._forward_hook(u, anchor, current), with_kwargs=True)
@@ -185,9 +190,7 @@ class GradientProbe:
             with torch.enable_grad():
                 self._hooks_active = True
                 t0 = time.perf_counter()
-                # The anchor enters at the input, so the backward towards it walks through
-                # every layer that depends on x; a zero adds nothing to the values.
-                logits = self.model(x.detach() + anchor.to(x.dtype))
+                logits = self.model(x.detach())
                 t1 = time.perf_counter()
                 self._hooks_active = False
                 if (
@@ -201,8 +204,13 @@ class GradientProbe:
                 for k, (name, fn) in enumerate(zip(loss_names, loss_fns, strict=True)):
                     current["norms"] = norms = {}
                     current["last"] = k == len(loss_fns) - 1
+                    # A probed layer the logits do not depend on keeps zero norms: its
+                    # gradient is zero, and so may the anchor's path be unused.
                     torch.autograd.grad(
-                        fn(logits).sum(), anchor, retain_graph=k < len(loss_fns) - 1
+                        fn(logits).sum(),
+                        anchor,
+                        retain_graph=k < len(loss_fns) - 1,
+                        allow_unused=True,
                     )
                     if norms:  # one write of all columns, not one per parameter
                         columns = list(norms)
@@ -240,16 +248,19 @@ class GradientProbe:
             unit.args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
             unit.kwargs = dict(kwargs)
             unit.versions = tuple(a._version for a in unit.args if isinstance(a, Tensor))
-            if output.requires_grad and any(
-                isinstance(a, Tensor) and a.requires_grad for a in args
-            ):
-                # On the path from the input: the backward to the anchor reaches this output,
-                # and a tensor hook registered now sees its gradient even if an in-place op
-                # (ReLU(inplace), `out += identity`) modifies it later. No copy needed.
+            probed, memo = current["probed"], current["memo"]
+            if output.requires_grad and _descends_from([output], probed, memo):
+                # Fed by a probed layer (through its inputs or a probed child module): the
+                # backward to the anchor reaches this output, and a tensor hook registered
+                # now sees its gradient even if an in-place op (ReLU(inplace),
+                # `out += identity`) modifies it later. No copy needed.
                 output.register_hook(self._grad_hook(unit, current))
+                probed.add(output.grad_fn)
                 return None
-            # Not on that path (e.g. an Embedding fed integer ids): thread the anchor in here.
-            return _Tap.apply(output, anchor, self._grad_hook(unit, current))
+            # No probed layer before it: the backward need not go beyond this output.
+            tapped = _Tap.apply(output.detach(), anchor, self._grad_hook(unit, current))
+            probed.add(tapped.grad_fn)
+            return tapped
 
         return hook
 
@@ -301,6 +312,27 @@ class GradientProbe:
             )
         if self.model.training:
             raise ProbeError("the model is in training mode; per-sample features need model.eval()")
+
+
+def _descends_from(tensors: list[Tensor], nodes: set[Any], memo: dict[Any, bool]) -> bool:
+    """Whether the autograd graph behind ``tensors`` reaches any of ``nodes``.
+
+    ``memo`` caches the answer per node for one forward pass: nodes added to ``nodes``
+    later run later, so they are never ancestors of a node already answered.
+    """
+    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    seen: set[Any] = set()
+    while stack:
+        node = stack.pop()
+        if node in nodes or memo.get(node, False):
+            return True
+        if node in seen or node in memo:
+            continue
+        seen.add(node)
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    for visited in seen:
+        memo[visited] = False
+    return False
 
 
 def _describe(obj: Any) -> str:

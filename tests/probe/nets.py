@@ -116,6 +116,55 @@ class NoRuleNet(nn.Module):
         return self.fc(torch.tanh(self.wn(h)))
 
 
+class CountBackward(torch.autograd.Function):
+    """Identity that counts how often autograd runs its backward (``CountBackward.calls``)."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        CountBackward.calls += 1
+        return grad
+
+
+class Gated(nn.Module):
+    """A module with its own parameter around a child convolution (nested probed layers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1, bias=False)
+        self.gain = nn.Parameter(torch.tensor([0.5, 2.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * self.gain.view(1, -1, 1, 1)
+
+
+class TwoTowerNet(nn.Module):
+    """Two first layers reading the (normalised) input, one nested in a module with its own
+    parameter, a skip from the raw input to the logits, in-place ReLU right after a first
+    layer, and counted backward passes between the input and the first layers and between
+    the towers and the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.1, -0.2, 0.3]).view(1, 3, 1, 1))
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.other = Gated()
+        self.bn = nn.BatchNorm2d(6)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = CountBackward.apply(x - self.mean)  # preprocessing inside the model
+        h = torch.cat([self.relu(self.conv(h)), self.other(h)], dim=1)
+        h = CountBackward.apply(self.bn(h).mean(dim=(2, 3)))
+        return self.head(h) + x.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give BatchNorm layers non-trivial running stats and affine params; eval mode."""
     g = torch.Generator().manual_seed(seed)
@@ -136,4 +185,5 @@ NETS = {
     "resnet": (ResNetTiny, (3, 8, 8)),
     "norm_embed": (NormEmbedNet, (10,)),
     "no_rule": (NoRuleNet, (3, 4, 4)),
+    "two_tower": (TwoTowerNet, (3, 5, 5)),
 }

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from detectors import GradientProbe
-from tests.probe.nets import NETS, randomise_batchnorm
+from tests.probe.nets import NETS, CountBackward, randomise_batchnorm
 from tests.probe.reference import reference_features
 
 RTOL = 1e-4
@@ -92,6 +92,29 @@ def test_param_selection_and_frozen_params() -> None:
     _, feats = probe.features(x)
     assert_close_rel(feats, reference_features(model, x, probe.feature_names))
     assert all(not p.requires_grad for p in model.body.parameters())
+
+
+@pytest.mark.parametrize(
+    ("params", "crossings"),
+    [
+        (None, 1),
+        (["head.weight", "head.bias"], 0),
+        (["other.conv.weight", "head.weight"], 1),
+        (["other.gain"], 1),
+    ],
+)
+def test_backward_stops_at_the_first_probed_layers(params, crossings: int) -> None:
+    """Autograd never walks from a probed layer towards the input pixels (nothing there
+    is a feature), but still through every layer between probed ones."""
+    model, x = _build("two_tower", 6)
+    probe = GradientProbe(model, params=params)
+    CountBackward.calls = 0
+    out = probe.run(x, losses=["all_ones", "predicted"])
+    # Per loss: the towers -> head crossing only while a tower layer is probed; never the
+    # input -> tower one.
+    assert CountBackward.calls == 2 * crossings
+    for loss, feats in out.features.items():
+        assert_close_rel(feats, reference_features(model, x, probe.feature_names, loss))
 
 
 def test_features_under_no_grad_and_in_float64() -> None:
