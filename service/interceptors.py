@@ -7,13 +7,18 @@ is logged with its traceback and returned as INTERNAL without internals in the m
 ``MetricsInterceptor`` counts every call by method and final status code, its duration and
 the calls in flight. It must come first in the server's interceptor list (outermost), so it
 sees the status every inner interceptor and handler settled on.
+
+The server is ``grpc.aio``: handlers are coroutines (unary responses) or async generators
+(streamed responses), and ``wrap_handler`` gives an interceptor a handler of the same kind
+with its behaviour replaced.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -38,6 +43,11 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 
+# A handler's next step: (handler call details) -> its handler, or None (unknown method).
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
 
 def status_for(exc: BaseException) -> grpc.StatusCode | None:
     """The status code a domain exception maps to, or None for an unexpected one."""
@@ -47,83 +57,102 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
-def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> NoReturn:
-    if context.code() is not None:  # already aborted by the handler itself
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> NoReturn:
+    if isinstance(exc, grpc.aio.AbortError):  # the handler aborted the call itself
         raise exc
     code = status_for(exc)
     if code is None:
         log.exception("unexpected error in %s", method, exc_info=exc)
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
-    context.abort(code, str(exc))
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+    await context.abort(code, str(exc))
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
-    """Wraps every handler so that raised exceptions end the call with a mapped status."""
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        return _rewrap(handler, _unary(handler, method), _streaming(handler, method))
-
-
-def _rewrap(
-    handler: grpc.RpcMethodHandler,
-    unary: Callable[..., Any],
-    streaming: Callable[..., Any],
-) -> grpc.RpcMethodHandler:
-    """A handler of ``handler``'s kind and codec with its behaviour replaced: ``unary`` for
-    calls with one response, ``streaming`` for calls with a response stream."""
-    codec = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary, **codec)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary, **codec)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming, **codec)
-    return grpc.stream_stream_rpc_method_handler(streaming, **codec)
-
-
-def _behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+def behaviour(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
     """The one behaviour function a handler carries, whatever its kind."""
     return (
         handler.unary_unary or handler.stream_unary or handler.unary_stream or handler.stream_stream
     )
 
 
-def _unary(handler: grpc.RpcMethodHandler, method: str) -> Callable[..., Any]:
-    behavior = _behavior(handler)
+def unary(handler: grpc.RpcMethodHandler) -> Unary:
+    """The handler's behaviour as a coroutine function (a plain function is awaited as is)."""
+    fn = behaviour(handler)
+    if asyncio.iscoroutinefunction(fn):
+        return fn
 
-    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return behavior(request, context)
-        except Exception as exc:
-            _abort(context, method, exc)
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return fn(request, context)
 
-    return wrapper
-
-
-def _streaming(handler: grpc.RpcMethodHandler, method: str) -> Callable[..., Any]:
-    behavior = _behavior(handler)
-
-    def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from behavior(request, context)
-        except Exception as exc:
-            _abort(context, method, exc)
-
-    return wrapper
+    return call
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+def streaming(handler: grpc.RpcMethodHandler) -> Streaming:
+    """The handler's behaviour as an async generator function: an async generator's or a
+    plain generator's responses are passed on; a coroutine writing its responses with
+    ``context.write`` (grpc.aio's health Watch) is awaited."""
+    fn = behaviour(handler)
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        responses = fn(request, context)
+        if asyncio.iscoroutine(responses):
+            await responses
+        elif hasattr(responses, "__aiter__"):
+            async for response in responses:
+                yield response
+        else:
+            for response in responses:
+                yield response
+
+    return call
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler, on_unary: Unary, on_streaming: Streaming
+) -> grpc.RpcMethodHandler:
+    """A handler of ``handler``'s kind and codec with its behaviour replaced: ``on_unary``
+    for calls with one response, ``on_streaming`` for calls with a response stream."""
+    codec = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(on_unary, **codec)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(on_unary, **codec)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(on_streaming, **codec)
+    return grpc.stream_stream_rpc_method_handler(on_streaming, **codec)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every handler so that raised exceptions end the call with a mapped status."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        inner_unary, inner_streaming = unary(handler), streaming(handler)
+
+        async def on_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await inner_unary(request, context)
+            except Exception as exc:
+                await _abort(context, method, exc)
+
+        async def on_streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for response in inner_streaming(request, context):
+                    yield response
+            except Exception as exc:
+                await _abort(context, method, exc)
+
+        return wrap_handler(handler, on_unary, on_streaming)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Records every call in ``metrics``: count by method and status code, duration and
     in-flight. Calls to methods the server does not have count as UNIMPLEMENTED under the
     method label "unknown" (client-chosen names would make label values unbounded)."""
@@ -131,61 +160,67 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None:
             unknown = f"/{UNKNOWN_METHOD}/{UNKNOWN_METHOD}"
             self.metrics.observe_request(unknown, grpc.StatusCode.UNIMPLEMENTED.name, 0.0)
             return None
         method = handler_call_details.method
-        behavior = _behavior(handler)
         metrics = self.metrics
+        inner_unary, inner_streaming = unary(handler), streaming(handler)
 
-        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+        in_flight = metrics.in_flight_gauge(method)
+
+        async def on_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN
-            with metrics.inflight(method):
-                try:
-                    response = behavior(request, context)
-                    code = final_code(context, grpc.StatusCode.OK)
-                    return response
-                except BaseException:
-                    code = final_code(context, grpc.StatusCode.UNKNOWN)
-                    raise
-                finally:
-                    metrics.observe_request(method, code.name, time.perf_counter() - start)
+            in_flight.inc()
+            try:
+                response = await inner_unary(request, context)
+                code = final_code(context, grpc.StatusCode.OK)
+                return response
+            except asyncio.CancelledError:  # the client went away or its deadline passed
+                code = final_code(context, grpc.StatusCode.CANCELLED)
+                raise
+            except BaseException:
+                code = final_code(context, grpc.StatusCode.UNKNOWN)
+                raise
+            finally:
+                in_flight.dec()
+                metrics.observe_request(method, code.name, time.perf_counter() - start)
 
-        def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        async def on_streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN
-            with metrics.inflight(method):
-                try:
-                    yield from behavior(request, context)
-                    code = final_code(context, grpc.StatusCode.OK)
-                except GeneratorExit:  # gRPC closed the stream early: the client went away
-                    code = final_code(context, grpc.StatusCode.CANCELLED)
-                    raise
-                except BaseException:
-                    code = final_code(context, grpc.StatusCode.UNKNOWN)
-                    raise
-                finally:
-                    metrics.observe_request(method, code.name, time.perf_counter() - start)
+            in_flight.inc()
+            try:
+                async for response in inner_streaming(request, context):
+                    yield response
+                code = final_code(context, grpc.StatusCode.OK)
+            except (asyncio.CancelledError, GeneratorExit):  # the client went away
+                code = final_code(context, grpc.StatusCode.CANCELLED)
+                raise
+            except BaseException:
+                code = final_code(context, grpc.StatusCode.UNKNOWN)
+                raise
+            finally:
+                in_flight.dec()
+                metrics.observe_request(method, code.name, time.perf_counter() - start)
 
-        return _rewrap(handler, unary, streaming)
+        return wrap_handler(handler, on_unary, on_streaming)
 
 
-def final_code(context: grpc.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
+def final_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
     """The status a call ends with: the code the handler set or aborted with; else
     DEADLINE_EXCEEDED / CANCELLED when the client is gone (its answer is lost); else
     ``default``."""
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code
-    if not context.is_active():
+    if context.cancelled() or default is grpc.StatusCode.CANCELLED:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             return grpc.StatusCode.DEADLINE_EXCEEDED

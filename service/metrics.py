@@ -36,6 +36,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.exposition import start_http_server
+from prometheus_client.metrics import MetricWrapperBase
 
 if TYPE_CHECKING:  # only for the annotation: metrics need no torch at import time
     from service.pipeline import BasePipeline
@@ -79,6 +80,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
         ns = NAMESPACE
         self.requests = Counter(
             "requests",
@@ -167,18 +169,30 @@ class Metrics:
         PlatformCollector(registry=registry)
 
     # --- calls (interceptor) ---
+    def _child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: the per-call metrics are recorded on
+        every request, and prometheus-client's own lookup validates and locks each time."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         """One finished call: ``method`` is the gRPC path "/package.Service/Method",
         ``code`` a status code name ("OK", "INVALID_ARGUMENT", ...)."""
         service, name = split_method(method)
-        self.requests.labels(service=service, method=name, code=code).inc()
-        self.request_duration.labels(service=service, method=name).observe(seconds)
+        self._child(self.requests, service, name, code).inc()
+        self._child(self.request_duration, service, name).observe(seconds)
+
+    def in_flight_gauge(self, method: str) -> Any:
+        """The ``gradsentry_requests_in_flight`` gauge of ``method`` (inc / dec it)."""
+        return self._child(self.in_flight, *split_method(method))
 
     @contextmanager
     def inflight(self, method: str) -> Iterator[None]:
         """Counts the call in ``gradsentry_requests_in_flight`` while the block runs."""
-        service, name = split_method(method)
-        gauge = self.in_flight.labels(service=service, method=name)
+        gauge = self.in_flight_gauge(method)
         gauge.inc()
         try:
             yield
@@ -202,7 +216,7 @@ class Metrics:
         """Seconds spent in ``stage`` (one of ``STAGES``)."""
         if stage not in STAGES:
             raise MetricsError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
-        self.stage_duration.labels(stage=stage).observe(seconds)
+        self._child(self.stage_duration, stage).observe(seconds)
 
     # --- results (servicer) ---
     def observe_result(self, kind: str | None, flagged: bool, score: float) -> None:
@@ -210,7 +224,7 @@ class Metrics:
         score."""
         verdict = "FLAGGED" if flagged else "RELIABLE"
         label = (kind or NO_KIND) if flagged else NO_KIND
-        self.verdicts.labels(verdict=verdict, kind=label).inc()
+        self._child(self.verdicts, verdict, label).inc()
         self.score.observe(score)
 
     # --- static facts ---

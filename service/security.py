@@ -14,13 +14,14 @@ import hashlib
 import hmac
 import logging
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from service.config import ConfigError, ServerConfig
+from service.interceptors import Continuation, wrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).digest()
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED.
 
     Calls to ``open_services`` (health, reflection) pass untouched. The comparison is
@@ -146,13 +147,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return "invalid bearer token"
         return None
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         service = handler_call_details.method.lstrip("/").partition("/")[0]
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None or service in self.open_services:
             return handler
         problem = self.authorized(handler_call_details.invocation_metadata)
@@ -165,27 +164,17 @@ def _refusing(handler: grpc.RpcMethodHandler, problem: str) -> grpc.RpcMethodHan
     """A handler of the same shape as ``handler`` that ends the call UNAUTHENTICATED without
     reading the request (a streaming request is never consumed)."""
 
-    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
 
-    def refuse_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
         yield  # pragma: no cover - abort raises; this only makes the function a generator
 
-    codec = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse, **codec)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse, **codec)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream, **codec)
-    return grpc.stream_stream_rpc_method_handler(refuse_stream, **codec)
+    return wrap_handler(handler, refuse, refuse_stream)
 
 
-def interceptors(config: ServerConfig) -> list[grpc.ServerInterceptor]:
+def interceptors(config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:
     """[AuthInterceptor] when ``config.auth_token_file`` is set, else []."""
     if not config.auth_token_file:
         return []

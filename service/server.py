@@ -5,21 +5,28 @@ NOT_SERVING), runs a warm-up batch and only then reports SERVING; tests bind por
 read the real port from its return value. ``serve(config)`` blocks until SIGTERM/SIGINT,
 then reports NOT_SERVING, refuses new calls and stops with ``config.grace_seconds`` for
 calls in flight. ``main(argv)`` is the command-line entry (``--config FILE``).
+
+gRPC runs as ``grpc.aio`` on one asyncio event loop in a thread of its own (shared by
+every server in the process). A thread per call, as the synchronous server has, costs
+some thirty thread switches per call under load (hand-offs and the interpreter lock
+passing between handler threads): CPU the model worker needs. ``SentryServer`` keeps a
+synchronous face (``stop``, ``wait_for_termination``) for callers outside the loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Sequence
-from concurrent import futures
-from dataclasses import dataclass
+from collections.abc import Coroutine, Sequence
 from types import FrameType
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
@@ -38,22 +45,55 @@ from service.worker import ProcessPipeline, start_pipeline
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reliability"].full_name
+HEALTH_NAMES = ("", SERVICE_NAME)
+
+T = TypeVar("T")
+_loop_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
 
 
 class BindError(RuntimeError):
     """The server could not listen on the configured address."""
 
 
-@dataclass
+def event_loop() -> asyncio.AbstractEventLoop:
+    """The process's gRPC event loop, running in its daemon thread "grpc-loop" (started on
+    first use; one loop for every server, as grpc.aio expects)."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="grpc-loop", daemon=True).start()
+            _loop = loop
+        return _loop
+
+
+def on_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on the gRPC event loop and wait for its result (from any other thread)."""
+    return asyncio.run_coroutine_threadsafe(coro, event_loop()).result()
+
+
 class SentryServer:
     """A started server and the parts a graceful stop needs."""
 
-    grpc_server: grpc.Server
-    health: health.HealthServicer
-    servicer: ReliabilityServicer
-    port: int
-    metrics: Metrics | None = None
-    metrics_http: MetricsHTTPServer | None = None
+    def __init__(
+        self,
+        grpc_server: grpc.aio.Server,
+        health: health_aio.HealthServicer,
+        servicer: ReliabilityServicer,
+        port: int,
+        metrics: Metrics | None = None,
+        metrics_http: MetricsHTTPServer | None = None,
+    ) -> None:
+        self.grpc_server = grpc_server
+        self.health = health
+        self.servicer = servicer
+        self.port = port
+        self.metrics = metrics
+        self.metrics_http = metrics_http
+        self._stopping = threading.Lock()
+        self._stop_asked = False
+        self._stopped = threading.Event()
 
     @property
     def metrics_port(self) -> int | None:
@@ -62,15 +102,84 @@ class SentryServer:
 
     def stop(self, grace: float | None) -> threading.Event:
         """NOT_SERVING for health checks, refuse new Reliability calls, then stop with
-        ``grace`` seconds for calls in flight. Returns an event set when fully stopped."""
+        ``grace`` seconds for calls in flight; then the batcher answers what it still holds
+        and the model worker and metrics endpoint stop. Returns an event set when all is
+        stopped (the same event when called again)."""
+        with self._stopping:
+            if self._stop_asked:
+                return self._stopped
+            self._stop_asked = True
+        self.begin_drain()
+        grpc_done = asyncio.run_coroutine_threadsafe(self.grpc_server.stop(grace), event_loop())
+        threading.Thread(
+            target=self._finish, args=(grpc_done,), name="server-stop", daemon=True
+        ).start()
+        return self._stopped
+
+    def begin_drain(self) -> None:
+        """The first step of ``stop``: health NOT_SERVING (for good), and new Reliability
+        calls refused with UNAVAILABLE while the transport still answers."""
         self.servicer.draining.set()
-        self.health.enter_graceful_shutdown()
-        stopped = _then_close_batcher(self.grpc_server.stop(grace), self.servicer.batcher)
-        return _then_stop_metrics(stopped, self.metrics_http)
+        on_loop(self.health.enter_graceful_shutdown())
+
+    def _finish(self, grpc_done: Any) -> None:
+        try:
+            grpc_done.result()
+        except Exception:  # stopping goes on: the batcher and the worker must still end
+            log.exception("stopping gRPC failed")
+        batcher = self.servicer.batcher
+        batcher.close(drain=True)
+        batcher.pipeline.close()
+        if self.metrics_http is not None:  # last: it serves until the last call is counted
+            self.metrics_http.stop()
+        self._stopped.set()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
-        """Block until the server stops (or ``timeout``); True if it timed out."""
-        return self.grpc_server.wait_for_termination(timeout)
+        """Block until ``stop`` has finished (or ``timeout``); True if it timed out."""
+        return not self._stopped.wait(timeout)
+
+
+async def _build_grpc(
+    config: ServerConfig,
+    servicer: ReliabilityServicer,
+    interceptors: Sequence[grpc.aio.ServerInterceptor],
+    credentials: grpc.ServerCredentials | None,
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int, str]:
+    """The gRPC server with every service, bound (not started): (server, health, port,
+    error text when binding failed)."""
+    server = grpc.aio.server(
+        interceptors=list(interceptors),
+        # Calls beyond max_workers are refused by gRPC (RESOURCE_EXHAUSTED) before they
+        # hold any memory; the batcher's queue bounds the inputs of those admitted.
+        maximum_concurrent_rpcs=config.max_workers,
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ],
+    )
+    health_servicer = health_aio.HealthServicer()
+    for name in HEALTH_NAMES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    pb_grpc.add_ReliabilityServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{config.host}:{config.port}"
+    try:
+        port = (
+            server.add_insecure_port(address)
+            if credentials is None
+            else server.add_secure_port(address, credentials)
+        )
+    except RuntimeError as exc:
+        return server, health_servicer, 0, f": {exc}"
+    return server, health_servicer, port, ""
+
+
+async def _set_health(health_servicer: health_aio.HealthServicer, status: int) -> None:
+    for name in HEALTH_NAMES:
+        await health_servicer.set(name, status)
 
 
 def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
@@ -92,45 +201,15 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
     )
     servicer = ReliabilityServicer(pipeline, batcher)
     servicer.metrics = metrics
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="grpc"),
-        # Auth inside observability (refusals are counted), outside error mapping.
-        interceptors=[
-            MetricsInterceptor(metrics),
-            *auth,
-            ErrorInterceptor(),
-        ],
-        # Calls beyond max_workers wait for a thread: bound that backlog like the batcher's
-        # queue (beyond it gRPC answers RESOURCE_EXHAUSTED) so memory stays bounded.
-        maximum_concurrent_rpcs=config.max_workers + config.queue_size,
-        options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-        ],
+    # Auth inside observability (refusals are counted), outside error mapping.
+    interceptors = [MetricsInterceptor(metrics), *auth, ErrorInterceptor()]
+    server, health_servicer, port, error = on_loop(
+        _build_grpc(config, servicer, interceptors, credentials)
     )
-    pb_grpc.add_ReliabilityServicer_to_server(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    address = f"{config.host}:{config.port}"
-    try:
-        port = (
-            server.add_insecure_port(address)
-            if credentials is None
-            else server.add_secure_port(address, credentials)
-        )
-    except RuntimeError as exc:
-        port, error = 0, f": {exc}"
-    else:
-        error = ""
     if port == 0:
         batcher.close(drain=False)
         pipeline.close()
-        raise BindError(f"cannot listen on {address}{error}")
+        raise BindError(f"cannot listen on {config.host}:{config.port}{error}")
     try:
         metrics_http = MetricsHTTPServer.start(metrics.registry, config.host, config.metrics_port)
     except OSError as exc:
@@ -139,11 +218,11 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
         raise BindError(
             f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
         ) from exc
-    server.start()
+    on_loop(server.start())
     try:
         pipeline.warm_up()
     except BaseException:
-        server.stop(None)
+        on_loop(server.stop(None))
         metrics_http.stop()
         batcher.close(drain=False)
         pipeline.close()
@@ -153,45 +232,11 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
             config.server_nice, keep=ProcessPipeline.launcher_tids, base=pipeline.launcher_nice
         )
     servicer.ready.set()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    on_loop(_set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING))
     log.info("gradsentry serving %s on %s:%d", SERVICE_NAME, config.host, port)
     log.info("metrics on http://%s:%d/metrics", config.host, metrics_http.port)
     running = SentryServer(server, health_servicer, servicer, port, metrics, metrics_http)
     return running, port
-
-
-def _then_close_batcher(stopped: threading.Event, batcher: Batcher) -> threading.Event:
-    """An event set once gRPC has stopped (``stopped``) and then the batcher has answered
-    what is still queued, stopped its worker and its pipeline (a model worker process)."""
-    done = threading.Event()
-
-    def finish() -> None:
-        stopped.wait()
-        batcher.close(drain=True)
-        batcher.pipeline.close()
-        done.set()
-
-    threading.Thread(target=finish, name="batcher-stop", daemon=True).start()
-    return done
-
-
-def _then_stop_metrics(
-    stopped: threading.Event, metrics_http: MetricsHTTPServer | None
-) -> threading.Event:
-    """An event set once gRPC has stopped (``stopped``) and then the metrics endpoint too:
-    it serves until the last call has been counted."""
-    if metrics_http is None:
-        return stopped
-    done = threading.Event()
-
-    def finish() -> None:
-        stopped.wait()
-        metrics_http.stop()
-        done.set()
-
-    threading.Thread(target=finish, name="metrics-stop", daemon=True).start()
-    return done
 
 
 def serve(config: ServerConfig) -> None:

@@ -6,18 +6,22 @@ model batches) with the call's deadline, and its Result turned into a CheckRespo
 are refused with NotReadyError until the server has warmed up and DrainingError once it is
 shutting down. When a call ends early (client cancel, deadline, server stop) its inputs
 still queued are cancelled, so the model never computes answers nobody waits for.
+
+Handlers are ``grpc.aio`` coroutines on the server's one event-loop thread: a call costs no
+thread of its own and no thread switch while it waits for the model (the batcher's worker
+thread resolves its futures).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
-import queue
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from concurrent.futures import CancelledError, Future
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Future
 
 import grpc
 import numpy as np
@@ -45,10 +49,12 @@ _NO_DEADLINE = 1e9
 _StreamItem = tuple[int, pb.CheckRequest, float, Future[Result]] | Exception | None
 
 
-def call_request_id(context: grpc.ServicerContext) -> str:
+async def call_request_id(context: grpc.aio.ServicerContext, stream: bool = False) -> str:
     """The call's id: the client's "x-request-id" metadata or a fresh one; sent back as
-    initial metadata."""
-    sent = [v for k, v in context.invocation_metadata() if k == REQUEST_ID_KEY]
+    metadata: initial metadata of a stream (before its first response), trailing metadata
+    of a unary call (sent with its status: a separate initial-metadata send would cost
+    every call another round through the transport)."""
+    sent = [v for k, v in context.invocation_metadata() or () if k == REQUEST_ID_KEY]
     if sent:
         rid = str(sent[0])
         if not _REQUEST_ID.match(rid):
@@ -57,47 +63,45 @@ def call_request_id(context: grpc.ServicerContext) -> str:
             )
     else:
         rid = uuid.uuid4().hex
-    context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
+    if stream:
+        await context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
+    else:
+        context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
     return rid
 
 
-def call_deadline(context: grpc.ServicerContext) -> float | None:
-    """The call's deadline as a ``time.monotonic()`` value, None when it has none."""
+def call_timeout(context: grpc.aio.ServicerContext) -> float | None:
+    """Seconds left until the call's deadline, None when it has none."""
     remaining = context.time_remaining()
     if remaining is None or remaining > _NO_DEADLINE:
         return None
-    return time.monotonic() + remaining
+    return max(remaining, 0.0)
 
 
-def wait_results(
-    futures: Sequence[Future[Result]], context: grpc.ServicerContext, watch: bool = True
+def call_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` value, None when it has none."""
+    timeout = call_timeout(context)
+    return None if timeout is None else time.monotonic() + timeout
+
+
+async def wait_results(
+    futures: Sequence[Future[Result]], context: grpc.aio.ServicerContext
 ) -> list[Result]:
-    """Block until every future is resolved, within the call's deadline. With ``watch``, the
-    futures are cancelled when the call ends first (client cancel, deadline, server stop),
-    so inputs still queued are never computed."""
-
-    def cancel() -> None:
-        for f in futures:
+    """The futures' results, within the call's deadline. When the call ends first (client
+    cancel, deadline, server stop: this task is cancelled) or the deadline passes, the
+    futures are cancelled, so inputs still queued are never computed."""
+    waiting = [asyncio.wrap_future(f) for f in futures]
+    together = waiting[0] if len(waiting) == 1 else asyncio.gather(*waiting)
+    try:
+        done = await asyncio.wait_for(together, call_timeout(context))
+    except TimeoutError as exc:  # our wait ran out, or the batcher dropped it as expired
+        if isinstance(exc, DeadlineExceededError):
+            raise
+        raise DeadlineExceededError("the deadline passed before the input was scored") from None
+    finally:
+        for f in futures:  # a no-op for every future already answered
             f.cancel()
-
-    # The callback runs when the call ends, however it ends; False: it has already ended.
-    if watch and not context.add_callback(cancel):
-        cancel()
-    deadline = call_deadline(context)
-    results: list[Result] = []
-    for f in futures:
-        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        try:
-            results.append(f.result(timeout))
-        except CancelledError:
-            cancel()
-            context.abort(grpc.StatusCode.CANCELLED, "the call ended before its input was scored")
-        except TimeoutError as exc:  # our wait ran out, or the batcher dropped it as expired
-            cancel()
-            if isinstance(exc, DeadlineExceededError):
-                raise
-            raise DeadlineExceededError("the deadline passed before the input was scored") from None
-    return results
+    return [done] if len(waiting) == 1 else list(done)
 
 
 def to_response(
@@ -142,102 +146,72 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
         self.draining = threading.Event()
         self.metrics: Metrics | None = None  # set by create_server
 
-    def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
+    async def Check(
+        self, request: pb.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckResponse:
         self._admit()
-        rid = call_request_id(context)
-        return self._score([request], [rid], context)[0]
+        rid = await call_request_id(context)
+        return (await self._score([request], [rid], context))[0]
 
-    def CheckBatch(
-        self, request: pb.CheckBatchRequest, context: grpc.ServicerContext
+    async def CheckBatch(
+        self, request: pb.CheckBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckBatchResponse:
         self._admit()
-        rid = call_request_id(context)
+        rid = await call_request_id(context)
         if not request.requests:
             raise ClientError("empty batch: CheckBatchRequest.requests holds no inputs")
         ids = [f"{rid}/{i}" for i in range(len(request.requests))]
-        responses = self._score(request.requests, ids, context, "requests")
+        responses = await self._score(request.requests, ids, context, "requests")
         return pb.CheckBatchResponse(responses=responses)
 
-    def CheckStream(
-        self, request_iterator: Iterator[pb.CheckRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.CheckResponse]:
-        """Responses in request order. A reader thread decodes and queues messages while
+    async def CheckStream(
+        self, request_iterator: AsyncIterator[pb.CheckRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.CheckResponse]:
+        """Responses in request order. A reader task decodes and queues messages while
         earlier ones are scored (up to max_batch_size ahead), so one stream's inputs are
         batched together; an error ends the stream after the responses before it."""
         self._admit()
-        rid = call_request_id(context)
-        window: queue.Queue[_StreamItem] = queue.Queue(maxsize=self.batcher.max_batch_size)
-        ended = threading.Event()
+        rid = await call_request_id(context, stream=True)
+        window: asyncio.Queue[_StreamItem] = asyncio.Queue(maxsize=self.batcher.max_batch_size)
 
-        def put(item: _StreamItem) -> bool:
-            while not ended.is_set():
-                try:
-                    window.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            if isinstance(item, tuple):
-                item[3].cancel()
-            return False
-
-        def read() -> None:
+        async def read() -> None:
             i = 0
             try:
-                while True:
-                    try:
-                        request = next(request_iterator)
-                    except Exception:  # StopIteration, or the client went away
-                        break
+                async for request in request_iterator:
                     try:
                         self._admit()
                         (array,), (dt,) = self._decode([request], "stream message", i)
                         future = self.batcher.submit(array, call_deadline(context))
                     except Exception as exc:
-                        put(exc)
+                        await window.put(exc)
                         return
-                    if not put((i, request, dt, future)):
-                        return
+                    await window.put((i, request, dt, future))
                     i += 1
-            finally:
-                put(None)
+            except (grpc.aio.AioRpcError, grpc.RpcError, ConnectionError):
+                pass  # the client went away mid-stream: end after what was read
+            await window.put(None)
 
-        current: list[Future[Result]] = []  # the future being waited for
-
-        def end() -> None:
-            ended.set()
-            for f in current:
-                f.cancel()
-            while True:  # inputs queued but not yet answered are not computed
-                try:
-                    item = window.get_nowait()
-                except queue.Empty:
-                    return
-                if isinstance(item, tuple):
-                    item[3].cancel()
-
-        if not context.add_callback(end):  # one callback per stream, not per message
-            end()  # the call has already ended
-        threading.Thread(target=read, name="stream-reader", daemon=True).start()
+        reader = asyncio.get_running_loop().create_task(read())
         try:
             while True:
-                try:
-                    item = window.get(timeout=0.1)
-                except queue.Empty:
-                    if ended.is_set():
-                        return
-                    continue
+                item = await window.get()
                 if item is None:
                     return
                 if isinstance(item, Exception):
                     raise item
                 i, request, dt, future = item
-                current[:] = [future]
-                (result,) = wait_results(current, context, watch=False)
+                (result,) = await wait_results([future], context)
                 yield self._respond([result], [request], [f"{rid}/{i}"], [dt])[0]
         finally:
-            end()
+            reader.cancel()
+            while not window.empty():  # inputs queued but not yet answered are not computed
+                item = window.get_nowait()
+                if isinstance(item, tuple):
+                    item[3].cancel()
 
-    def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
+    async def GetInfo(
+        self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InfoResponse:
         spec = self.pipeline.spec
         manifest = self.pipeline.manifest
         versions = {str(k): str(v) for k, v in manifest.get("versions", {}).items()}
@@ -271,11 +245,11 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
         if not self.ready.is_set():
             raise NotReadyError("the model is still loading; retry when health is SERVING")
 
-    def _score(
+    async def _score(
         self,
         requests: Sequence[pb.CheckRequest],
         ids: Sequence[str],
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext,
         where: str | None = None,
     ) -> list[pb.CheckResponse]:
         """Decode every request (naming the bad one), queue them all or none (the batcher
@@ -286,7 +260,8 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
                 f"{len(arrays)} inputs in one call; this server queues at most "
                 f"{self.batcher.queue_size} at a time: split the call"
             )
-        results = wait_results(self.batcher.submit_many(arrays, call_deadline(context)), context)
+        futures = self.batcher.submit_many(arrays, call_deadline(context))
+        results = await wait_results(futures, context)
         return self._respond(results, requests, ids, decode_times)
 
     def _decode(

@@ -29,8 +29,7 @@ def test_stop_reports_not_serving_and_refuses_new_calls() -> None:
         assert stub.Check(request, timeout=30).verdict in (pb.RELIABLE, pb.FLAGGED)
         # Drain: health flips to NOT_SERVING and new Reliability calls get UNAVAILABLE
         # while the grace period still lets the transport answer.
-        running.servicer.draining.set()
-        running.health.enter_graceful_shutdown()
+        running.begin_drain()
         reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
         with pytest.raises(grpc.RpcError) as info:

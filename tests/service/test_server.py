@@ -76,7 +76,8 @@ def test_options_request_ids_and_timings(stub: pb_grpc.ReliabilityStub, samples,
     x = as_float(images[:1])
     plain, call = stub.Check.with_call(tensor_request(x[0]), timeout=30)
     assert len(plain.probabilities) == 0 and len(plain.features) == 0
-    assert plain.request_id and (("x-request-id", plain.request_id) in call.initial_metadata())
+    # A unary call carries its id in trailing metadata (sent with the status)
+    assert plain.request_id and (("x-request-id", plain.request_id) in call.trailing_metadata())
     assert plain.threshold == pytest.approx(sentry.threshold)
     assert plain.timings.decode_seconds > 0
     assert plain.timings.forward_seconds > 0 and plain.timings.backward_seconds > 0
@@ -119,9 +120,13 @@ def test_check_stream(stub: pb_grpc.ReliabilityStub, samples, reference):
     images, _ = samples
     x = as_float(images[:N])
     requests = [tensor_request(x[i]) if i % 2 else png_request(images[i]) for i in range(N)]
-    responses = list(stub.CheckStream(iter(requests), timeout=30))
+    call = stub.CheckStream(iter(requests), metadata=(("x-request-id", "s"),), timeout=30)
+    # A stream carries its id in initial metadata, before the first response
+    assert ("x-request-id", "s") in call.initial_metadata()
+    responses = list(call)
     assert len(responses) == N
     for i, response in enumerate(responses):
+        assert response.request_id == f"s/{i}"
         assert_matches(response, reference, i)
 
 
