@@ -14,7 +14,7 @@ shared machine other work skews any single run.
 
 Batching on is the configured ``max_batch_size`` / ``max_delay_ms``; batching off is
 ``max_delay_ms: 0`` (every input alone in its batch, still through the queue). Both use
-``max_workers = max(8, clients)`` handler threads so that every client can be waiting on
+``max_workers = max(64, 4 * clients)`` calls at once so that every client can be waiting on
 the model at once. ``--check`` exits 1 unless batching on reaches ``--target`` times the
 requests/s of batching off with zero errors.
 """
@@ -379,7 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_load_arguments(parser, args)
 
-    common = {"max_workers": max(8, args.clients), "queue_size": max(256, 4 * args.clients)}
+    common = {
+        "max_workers": max(64, 4 * args.clients),
+        "queue_size": max(256, 4 * args.clients),
+    }
     modes = {
         "batching on": {
             **common,

@@ -92,7 +92,7 @@ def run_gradsentry(mar: Path, args: argparse.Namespace, workdir: Path) -> Outcom
         "model_path": str(mar),
         "max_batch_size": args.max_batch_size,
         "max_delay_ms": args.max_delay_ms,
-        "max_workers": max(8, args.clients),
+        "max_workers": max(64, 4 * args.clients),
         "queue_size": max(256, 4 * args.clients),
     }
     return run_mode(GRADSENTRY, settings, args, workdir)

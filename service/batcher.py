@@ -3,13 +3,18 @@
 ``Batcher.submit(x, deadline)`` puts one input [1, C, H, W] on a bounded queue and returns
 a ``Future`` of its ``Result``. One worker thread per device (a Batcher wraps the pipeline
 of one device) takes the oldest request, waits until ``max_delay_ms`` after that request
-was submitted for more to arrive (up to ``max_batch_size``; it stops waiting early when the
-model is idle and the batch already holds the pipeline's ``min_rows``, the size smaller
-batches are padded to — waiting then would only leave the model idle), drops requests whose
-deadline has passed or whose caller gave up (cancelled future) without computing them, hands the
+was submitted for more to arrive (up to ``max_batch_size``), drops requests whose deadline
+has passed or whose caller gave up (cancelled future) without computing them, hands the
 rest to ``pipeline.run_async`` and resolves their futures when it answers. Up to
 ``pipeline.max_in_flight`` batches are with the pipeline at once (1 when the model computes
 in this process; 2 for a model worker process, so that it never waits for the next batch).
+
+With ``dispatch_when_idle`` a batch that holds the pipeline's ``min_rows`` (the size smaller
+batches are padded to) stops waiting early when waiting would leave the model idle: at once
+when nothing is in flight, and, with a batch in flight, ``HANDOFF_SECONDS`` before that
+batch should be done (``service.pacing`` predicts it from the sizes and compute times of
+the batches before), so the next batch is there when the model is free yet gathered
+company for as long as it could.
 
 A full queue refuses new work at once with ``QueueFullError`` (RESOURCE_EXHAUSTED): the
 memory held by waiting inputs is bounded by ``queue_size`` plus the batches in flight.
@@ -37,11 +42,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from service.errors import DrainingError, QueueFullError
+from service.pacing import PipelineClock
 from service.pipeline import BasePipeline, Result
 
 log = logging.getLogger(__name__)
 
 COMPUTE_STAGES = ("forward", "backward", "statistics", "detector")
+# How long before the model should be free a batch leaves with a batch still in flight:
+# handing it over (serialising, the socket, the worker reading it) takes about this long.
+HANDOFF_SECONDS = 0.001
 
 
 class DeadlineExceededError(TimeoutError):
@@ -122,6 +131,7 @@ class Batcher:
         # Batches handed to the pipeline and not yet answered (at most max_in_flight).
         self._slots = threading.Condition()
         self._in_flight = 0
+        self._clock = PipelineClock()
         self._closed = False
         self._counts = {f.name: 0 for f in dataclasses.fields(BatcherStats)}
         self._worker = threading.Thread(
@@ -220,15 +230,17 @@ class Batcher:
                 log.exception("batch of %d failed", len(batch))
                 _fail(batch, exc)
 
-    def _idle_enough(self) -> bool:
-        """The model is idle and the gathering batch already holds ``min_rows`` inputs (the
-        pipeline pads smaller batches to that size anyway): waiting longer for company
-        would only leave the model idle (caller holds ``_cond``)."""
-        return (
-            self.dispatch_when_idle
-            and self._in_flight == 0
-            and len(self._queue) >= self.pipeline.min_rows
-        )
+    def _ready_at(self) -> float | None:
+        """With ``dispatch_when_idle``, when the gathering batch should leave because the
+        model is (about to be) idle: now when nothing is in flight, shortly before the
+        batches in flight should be done otherwise; None when there is no such moment
+        (too few inputs for ``min_rows``, nothing predicted yet). Caller holds ``_cond``."""
+        if not self.dispatch_when_idle or len(self._queue) < self.pipeline.min_rows:
+            return None
+        if self._in_flight == 0:
+            return -float("inf")
+        free_at = self._clock.free_at()
+        return None if free_at is None else free_at - HANDOFF_SECONDS
 
     def _wait_in_flight(self, most: int) -> None:
         """Block until at most ``most`` batches are with the pipeline."""
@@ -253,8 +265,11 @@ class Batcher:
                 # already waited and the batch leaves with whatever is there.
                 until = self._queue[0].submitted + self.max_delay_ms / 1000.0
                 while 0 < len(self._queue) < limit and not self._closed:
+                    ready_at = self._ready_at()
+                    if ready_at is not None:
+                        until = min(until, ready_at)
                     remaining = until - time.monotonic()
-                    if remaining <= 0 or self._idle_enough():
+                    if remaining <= 0:
                         break
                     self._cond.wait(remaining)
                 if self._queue:  # close(drain=False) may have emptied it meanwhile
@@ -285,6 +300,7 @@ class Batcher:
             return
         with self._slots:
             self._in_flight += 1
+            self._clock.handed_over(len(live), now)
             with self._cond:
                 self._counts["peak_in_flight"] = max(
                     self._counts["peak_in_flight"], self._in_flight
@@ -294,20 +310,22 @@ class Batcher:
             # is the same whether it shares its batch or not.
             results = self.pipeline.run_async([r.array for r in live], pad=self.batching)
         except BaseException:
-            self._release_slot()
+            self._release_slot(None)
             raise
         results.add_done_callback(lambda f: self._deliver(live, now, f))
 
     def _deliver(self, live: list[_Request], started: float, done: Future[list[Result]]) -> None:
         """Answer a computed batch's callers (or fail them with its error), then record."""
         # The pipeline is done with this batch: let the next one go before answering.
-        self._release_slot()
         try:
             results = done.result()
         except BaseException as exc:
+            self._release_slot(None)
             log.error("batch of %d failed: %s", len(live), exc)
             _fail(live, exc)
             return
+        timings = results[0].timings if results else {}
+        self._release_slot(sum(timings.get(stage, 0.0) for stage in COMPUTE_STAGES))
         try:
             with self._cond:
                 self._count(scored=len(live), batches=1)
@@ -325,9 +343,11 @@ class Batcher:
             log.exception("answering a batch of %d failed", len(live))
             _fail(live, exc)
 
-    def _release_slot(self) -> None:
+    def _release_slot(self, compute_seconds: float | None) -> None:
+        """One batch is back (``compute_seconds``: what it took; None when it failed)."""
         with self._slots:
             self._in_flight -= 1
+            self._clock.answered(time.monotonic(), compute_seconds)
             self._slots.notify_all()
         with self._cond:  # a batch waiting for company may leave now the pipeline is idle
             self._cond.notify_all()

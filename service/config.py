@@ -82,8 +82,10 @@ class ServerConfig:
     metrics_port: int = 9464
     max_batch_size: int = 32
     max_delay_ms: float = 5.0
-    # A batch also leaves before max_delay_ms once the model is idle and it holds the size
-    # smaller batches are padded to anyway; false: always wait the full delay for company.
+    # A batch that holds the size smaller batches are padded to anyway also leaves before
+    # max_delay_ms when waiting would leave the model idle: at once when the model is idle,
+    # just before it should be free with a batch in flight (service.pacing); false: always
+    # wait the full delay for company.
     dispatch_when_idle: bool = True
     queue_size: int = 256
     device: str = "auto"
@@ -99,9 +101,11 @@ class ServerConfig:
     input_std: tuple[float, ...] = ()
     labels: tuple[str, ...] = ()
     max_message_bytes: int = 16 * 1024 * 1024
-    # gRPC handler threads: each blocks on one queued input, so fewer threads than
-    # max_batch_size would cap how many concurrent calls can share a batch.
-    max_workers: int = 64
+    # Calls served at once (gRPC refuses more with RESOURCE_EXHAUSTED before they hold any
+    # memory). Fewer than max_batch_size would cap how many calls can share a batch; leave
+    # headroom over the expected concurrent clients: a client's next call may arrive before
+    # its last one has been released.
+    max_workers: int = 256
     grace_seconds: float = 10.0
     # "process": the model runs in a child process (service.worker), so gRPC handling and
     # the model use separate cores; "inline": in the server process (simplest to debug).

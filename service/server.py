@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reliability"].full_name
 HEALTH_NAMES = ("", SERVICE_NAME)
+DRAIN_POLL_SECONDS = 0.01
 
 T = TypeVar("T")
 _loop_lock = threading.Lock()
@@ -110,11 +111,23 @@ class SentryServer:
                 return self._stopped
             self._stop_asked = True
         self.begin_drain()
-        grpc_done = asyncio.run_coroutine_threadsafe(self.grpc_server.stop(grace), event_loop())
+        grpc_done = asyncio.run_coroutine_threadsafe(self._stop_grpc(grace), event_loop())
         threading.Thread(
             target=self._finish, args=(grpc_done,), name="server-stop", daemon=True
         ).start()
         return self._stopped
+
+    async def _stop_grpc(self, grace: float | None) -> None:
+        """Within ``grace``: let every admitted Reliability call finish while new ones are
+        refused by the servicer with UNAVAILABLE (gRPC itself would cancel calls arriving
+        while it stops), then stop gRPC with what is left of the grace. None: at once."""
+        loop = asyncio.get_running_loop()
+        if grace is not None:
+            deadline = loop.time() + grace
+            while self.servicer.active and loop.time() < deadline:
+                await asyncio.sleep(DRAIN_POLL_SECONDS)
+            grace = max(deadline - loop.time(), 0.0)
+        await self.grpc_server.stop(grace)
 
     def begin_drain(self) -> None:
         """The first step of ``stop``: health NOT_SERVING (for good), and new Reliability

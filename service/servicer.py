@@ -15,12 +15,13 @@ thread resolves its futures).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future
 
 import grpc
@@ -144,25 +145,28 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
         self.batcher = batcher
         self.ready = threading.Event()
         self.draining = threading.Event()
+        # Reliability calls admitted and not yet finished (touched on the event loop only):
+        # a graceful stop waits for them before gRPC stops taking calls.
+        self.active = 0
         self.metrics: Metrics | None = None  # set by create_server
 
     async def Check(
         self, request: pb.CheckRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckResponse:
-        self._admit()
-        rid = await call_request_id(context)
-        return (await self._score([request], [rid], context))[0]
+        with self._admitted():
+            rid = await call_request_id(context)
+            return (await self._score([request], [rid], context))[0]
 
     async def CheckBatch(
         self, request: pb.CheckBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckBatchResponse:
-        self._admit()
-        rid = await call_request_id(context)
-        if not request.requests:
-            raise ClientError("empty batch: CheckBatchRequest.requests holds no inputs")
-        ids = [f"{rid}/{i}" for i in range(len(request.requests))]
-        responses = await self._score(request.requests, ids, context, "requests")
-        return pb.CheckBatchResponse(responses=responses)
+        with self._admitted():
+            rid = await call_request_id(context)
+            if not request.requests:
+                raise ClientError("empty batch: CheckBatchRequest.requests holds no inputs")
+            ids = [f"{rid}/{i}" for i in range(len(request.requests))]
+            responses = await self._score(request.requests, ids, context, "requests")
+            return pb.CheckBatchResponse(responses=responses)
 
     async def CheckStream(
         self, request_iterator: AsyncIterator[pb.CheckRequest], context: grpc.aio.ServicerContext
@@ -170,7 +174,13 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
         """Responses in request order. A reader task decodes and queues messages while
         earlier ones are scored (up to max_batch_size ahead), so one stream's inputs are
         batched together; an error ends the stream after the responses before it."""
-        self._admit()
+        with self._admitted():
+            async for response in self._stream(request_iterator, context):
+                yield response
+
+    async def _stream(
+        self, request_iterator: AsyncIterator[pb.CheckRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.CheckResponse]:
         rid = await call_request_id(context, stream=True)
         window: asyncio.Queue[_StreamItem] = asyncio.Queue(maxsize=self.batcher.max_batch_size)
 
@@ -238,6 +248,16 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
             versions=versions,
             max_batch_size=self.pipeline.max_batch_size,
         )
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """Admit a call (or refuse it: draining, not ready) and count it while it runs."""
+        self._admit()
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
 
     def _admit(self) -> None:
         if self.draining.is_set():
