@@ -3,7 +3,7 @@
 One batched forward with hooks and one batched backward per confounding loss. Each
 probed layer that no other probed layer feeds (the first convolution, an Embedding fed
 integer ids) has its output cut from everything before it and a zero scalar ``anchor``
-threaded in there by ``_Tap``; the backward asks only for dJ/d(anchor). So autograd walks
+added there; the backward asks only for dJ/d(anchor). So autograd walks
 back from the loss through every layer down to the first probed ones (firing the hooks
 that turn each probed layer's output gradient into per-sample norms at once, then free
 its recorded inputs) and no further: it computes no parameter gradient, never writes
@@ -41,24 +41,6 @@ class _Unit:
     args: tuple[Any, ...] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     versions: tuple[int, ...] = ()
-
-
-class _Tap(torch.autograd.Function):
-    """A copy of a (detached) layer output that joins the anchor's graph: its backward hands
-    the output gradient [B, ...] to ``on_grad`` and gives the anchor a zero, so no reduction
-    over the output is paid."""
-
-    @staticmethod
-    def forward(ctx: Any, output: Tensor, anchor: Tensor, on_grad: Any) -> Tensor:
-        ctx.on_grad = on_grad
-        ctx.anchor_meta = (anchor.shape, anchor.dtype, anchor.device)
-        return output.clone()  # a fresh tensor: later in-place ops on it are allowed
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
-        ctx.on_grad(grad)
-        shape, dtype, device = ctx.anchor_meta
-        return None, torch.zeros(shape, dtype=dtype, device=device), None
 
 
 @dataclass
@@ -257,8 +239,11 @@ class GradientProbe:
                 output.register_hook(self._grad_hook(unit, current))
                 probed.add(output.grad_fn)
                 return None
-            # No probed layer before it: the backward need not go beyond this output.
-            tapped = _Tap.apply(output.detach(), anchor, self._grad_hook(unit, current))
+            # No probed layer before it: the backward need not go beyond this output. The
+            # anchor (a zero) joins the graph here instead; its gradient, one sum over the
+            # output per loss, costs less than any Python-level hand-over would.
+            tapped = output.detach() + anchor
+            tapped.register_hook(self._grad_hook(unit, current))
             probed.add(tapped.grad_fn)
             return tapped
 
