@@ -175,42 +175,41 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         in_flight = metrics.in_flight_gauge(method)
 
         async def on_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            code = grpc.StatusCode.UNKNOWN
-            in_flight.inc()
-            try:
-                response = await inner_unary(request, context)
-                code = final_code(context, grpc.StatusCode.OK)
-                return response
-            except asyncio.CancelledError:  # the client went away or its deadline passed
-                code = final_code(context, grpc.StatusCode.CANCELLED)
-                raise
-            except BaseException:
-                code = final_code(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                in_flight.dec()
-                metrics.observe_request(method, code.name, time.perf_counter() - start)
+            with _Recorded(metrics, method, in_flight, context):
+                return await inner_unary(request, context)
 
         async def on_streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            code = grpc.StatusCode.UNKNOWN
-            in_flight.inc()
-            try:
+            with _Recorded(metrics, method, in_flight, context):
                 async for response in inner_streaming(request, context):
                     yield response
-                code = final_code(context, grpc.StatusCode.OK)
-            except (asyncio.CancelledError, GeneratorExit):  # the client went away
-                code = final_code(context, grpc.StatusCode.CANCELLED)
-                raise
-            except BaseException:
-                code = final_code(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                in_flight.dec()
-                metrics.observe_request(method, code.name, time.perf_counter() - start)
 
         return wrap_handler(handler, on_unary, on_streaming)
+
+
+class _Recorded:
+    """One call counted in flight while it runs, then recorded with its final status code
+    and duration (CANCELLED / DEADLINE_EXCEEDED when the client went away)."""
+
+    def __init__(
+        self, metrics: Metrics, method: str, in_flight: Any, context: grpc.aio.ServicerContext
+    ) -> None:
+        self.metrics, self.method = metrics, method
+        self.in_flight, self.context = in_flight, context
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+        self.in_flight.inc()
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if kind is None:
+            default = grpc.StatusCode.OK
+        elif issubclass(kind, (asyncio.CancelledError, GeneratorExit)):  # the client went away
+            default = grpc.StatusCode.CANCELLED
+        else:
+            default = grpc.StatusCode.UNKNOWN
+        code = final_code(self.context, default)
+        self.in_flight.dec()
+        self.metrics.observe_request(self.method, code.name, time.perf_counter() - self.start)
 
 
 def final_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:

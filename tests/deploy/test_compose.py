@@ -71,7 +71,6 @@ def test_services_and_build() -> None:
                 assert source in declared, f"{name}: undeclared volume {source}"
 
 
-
 def test_stopping_the_stack_lets_gradsentry_drain() -> None:
     """compose's stop timeout must outlast the server's drain, or calls are cut off."""
     service = compose()["services"]["gradsentry"]
