@@ -206,6 +206,10 @@ class GradientProbe:
                 h.remove()
             for u in self._units:
                 u.args, u.kwargs, u.versions = None, {}, ()
+            # The graph's hooks hold ``current`` and ``current`` holds graph nodes: a cycle
+            # through C++ that Python's collector cannot see. Break it, or every call's
+            # graph (activations and all) would stay in memory.
+            current.clear()
         timings = {"forward": t1 - t0, "backward": t2 - t1}
         return ProbeOutput(logits.detach(), feats, captured, timings)
 

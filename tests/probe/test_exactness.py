@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -115,6 +117,22 @@ def test_backward_stops_at_the_first_probed_layers(params, crossings: int) -> No
     assert CountBackward.calls == 2 * crossings
     for loss, feats in out.features.items():
         assert_close_rel(feats, reference_features(model, x, probe.feature_names, loss))
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_a_call_leaves_nothing_of_its_graph_alive(name: str) -> None:
+    """Each call's graph (its nodes, hooks and saved activations) is freed when it returns:
+    no reference cycle through the autograd graph, which Python's collector cannot see
+    and break, keeps it alive. Counted as Python objects alive after repeated calls."""
+    model, x = _build(name, 5)
+    probe = GradientProbe(model)
+    probe.run(x, losses=["all_ones", "predicted"])  # first-call caches
+    gc.collect()
+    before = len(gc.get_objects())
+    for _ in range(20):
+        probe.run(x, losses=["all_ones", "predicted"])
+    gc.collect()
+    assert len(gc.get_objects()) - before < 20
 
 
 def test_features_under_no_grad_and_in_float64() -> None:
