@@ -21,8 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
@@ -188,16 +187,6 @@ class Metrics:
     def in_flight_gauge(self, method: str) -> Any:
         """The ``gradsentry_requests_in_flight`` gauge of ``method`` (inc / dec it)."""
         return self._child(self.in_flight, *split_method(method))
-
-    @contextmanager
-    def inflight(self, method: str) -> Iterator[None]:
-        """Counts the call in ``gradsentry_requests_in_flight`` while the block runs."""
-        gauge = self.in_flight_gauge(method)
-        gauge.inc()
-        try:
-            yield
-        finally:
-            gauge.dec()
 
     # --- batches (batcher / pipeline runner) ---
     def set_queue_depth(self, n: int) -> None:

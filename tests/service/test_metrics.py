@@ -83,15 +83,11 @@ def test_metrics_live_on_the_injected_registry_only() -> None:
     assert REGISTRY.get_sample_value("gradsentry_score_count") is None
 
 
-def test_stage_names_are_checked_and_in_flight_is_restored() -> None:
+def test_stage_names_are_checked() -> None:
+    # (The in-flight gauge's return to 0 after failed calls is checked on a live server.)
     metrics = Metrics(CollectorRegistry())
     with pytest.raises(MetricsError, match="unknown stage 'backprop'"):
         metrics.observe_stage("backprop", 0.1)
-    gauge = ("gradsentry_requests_in_flight", {"service": RELIABILITY, "method": "Check"})
-    with pytest.raises(RuntimeError), metrics.inflight("/gradsentry.v1.Reliability/Check"):
-        assert metrics.registry.get_sample_value(*gauge) == 1.0
-        raise RuntimeError("handler failed")
-    assert metrics.registry.get_sample_value(*gauge) == 0.0
 
 
 # --- the live endpoint of a real server ----------------------------------------------------
