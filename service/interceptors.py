@@ -75,20 +75,14 @@ def behaviour(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
 
 
 def unary(handler: grpc.RpcMethodHandler) -> Unary:
-    """The handler's behaviour as a coroutine function (a plain function is awaited as is)."""
-    fn = behaviour(handler)
-    if asyncio.iscoroutinefunction(fn):
-        return fn
-
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return fn(request, context)
-
-    return call
+    """The behaviour of a handler with one response (a coroutine function: every handler of
+    this aio server is asynchronous)."""
+    return behaviour(handler)
 
 
 def streaming(handler: grpc.RpcMethodHandler) -> Streaming:
-    """The handler's behaviour as an async generator function: an async generator's or a
-    plain generator's responses are passed on; a coroutine writing its responses with
+    """The behaviour of a handler with a response stream as an async generator function:
+    an async generator's responses are passed on; a coroutine writing its responses with
     ``context.write`` (grpc.aio's health Watch) is awaited."""
     fn = behaviour(handler)
 
@@ -96,11 +90,8 @@ def streaming(handler: grpc.RpcMethodHandler) -> Streaming:
         responses = fn(request, context)
         if asyncio.iscoroutine(responses):
             await responses
-        elif hasattr(responses, "__aiter__"):
-            async for response in responses:
-                yield response
         else:
-            for response in responses:
+            async for response in responses:
                 yield response
 
     return call
