@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from detectors.demo import ARTIFACTS  # noqa: E402
 from service._proto.gradsentry.v1 import reliability_pb2 as pb  # noqa: E402
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc  # noqa: E402
+from service.batcher import COMPUTE_STAGES  # noqa: E402
 
 MAX_DURATION = 300.0  # seconds per mode: the run is bounded whatever is asked
 START_TIMEOUT = 120.0
@@ -69,6 +70,11 @@ class Outcome:
     server_cpu_cores: float
     machine_cpu_cores: float
     error_codes: dict[str, int]
+    # Share of the time the model computed (gradsentry's stage metrics; NaN elsewhere) and
+    # the server process tree's voluntary thread switches per call (Linux).
+    model_busy: float = float("nan")
+    switches_per_call: float = float("nan")
+    calls_made: int = 0  # warm-up included
 
 
 def free_port() -> int:
@@ -89,20 +95,45 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(ticks) - idle) / hz, sum(ticks) / hz
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` and its live children (the model worker)
-    used so far (Linux; NaN elsewhere)."""
+def process_tree(pid: int) -> list[int]:
+    """Process ``pid`` and its live descendants (a model worker, TorchServe's workers)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         children = [
             int(c)
             for task in Path(f"/proc/{pid}/task").iterdir()
             for c in (task / "children").read_text().split()
         ]
     except OSError:
+        return [pid]
+    return [pid, *(p for c in children for p in process_tree(c))]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` and its live children used so far
+    (Linux; NaN elsewhere)."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def process_switches(pid: int) -> float:
+    """Voluntary context switches of every thread of ``pid`` and its live children so far
+    (a thread waking another and going to sleep: the cost of hand-offs; Linux)."""
+    total = 0
+    try:
+        for p in process_tree(pid):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+    except OSError:
         return float("nan")
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(process_cpu(c) for c in children)
+    return float(total)
 
 
 def demo_requests() -> list[pb.CheckRequest]:
@@ -164,19 +195,29 @@ class Server:
         self.stop()
         raise RuntimeError(f"server not SERVING after {START_TIMEOUT:.0f} s")
 
-    def batch_sizes(self) -> tuple[float, float]:
-        """(sum, count) of the server's ``gradsentry_batch_size`` histogram."""
+    def model_counters(self) -> tuple[float, float, float]:
+        """(sum, count) of the server's ``gradsentry_batch_size`` histogram and the seconds
+        its model spent computing (the compute stages of
+        ``gradsentry_stage_duration_seconds``)."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as reply:
             text = reply.read().decode()
-        values = {
-            s.name: s.value
-            for family in text_string_to_metric_families(text)
-            if family.name == "gradsentry_batch_size"
-            for s in family.samples
-        }
-        return values.get("gradsentry_batch_size_sum", 0.0), values.get(
-            "gradsentry_batch_size_count", 0.0
+        batch: dict[str, float] = {}
+        compute = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if family.name == "gradsentry_batch_size":
+                    batch[sample.name] = sample.value
+                elif (
+                    family.name == "gradsentry_stage_duration_seconds"
+                    and sample.name.endswith("_sum")
+                    and sample.labels.get("stage") in COMPUTE_STAGES
+                ):
+                    compute += sample.value
+        return (
+            batch.get("gradsentry_batch_size_sum", 0.0),
+            batch.get("gradsentry_batch_size_count", 0.0),
+            compute,
         )
 
     def stop(self) -> int:
@@ -215,6 +256,7 @@ def drive(
     end = start + duration
     latencies: list[list[float]] = [[] for _ in range(clients)]
     codes: list[dict[str, int]] = [{} for _ in range(clients)]
+    made = [0] * clients
 
     def client(k: int) -> None:
         with grpc.insecure_channel(address) as channel:
@@ -231,6 +273,7 @@ def drive(
                     code = exc.code().name
                 t1 = time.monotonic()
                 i += clients
+                made[k] += 1
                 if t0 >= start and t1 <= end:
                     if code == "OK":
                         latencies[k].append(t1 - t0)
@@ -261,6 +304,7 @@ def drive(
         server_cpu_cores=float("nan"),
         machine_cpu_cores=float("nan"),
         error_codes=errors,
+        calls_made=sum(made),
     )
 
 
@@ -268,7 +312,9 @@ def measure(name: str, pid: int, run: Callable[[], Outcome]) -> Outcome:
     """``run()``'s outcome named ``name``, with the CPU that process ``pid`` and its
     children (a model worker, TorchServe's workers) and the whole machine used meanwhile."""
     cpu0, machine0, t0 = process_cpu(pid), machine_cpu(), time.monotonic()
+    switches0 = process_switches(pid)
     outcome = run()
+    switches1 = process_switches(pid)
     cpu1, machine1, t1 = process_cpu(pid), machine_cpu(), time.monotonic()
     # Cores in use on average: busy CPU seconds over wall seconds (whole machine: busy
     # share of all CPU time times the number of CPUs).
@@ -279,6 +325,8 @@ def measure(name: str, pid: int, run: Callable[[], Outcome]) -> Outcome:
         mode=name,
         server_cpu_cores=(cpu1 - cpu0) / (t1 - t0),
         machine_cpu_cores=machine,
+        # Warm-up calls switch threads too: per call started in the whole run.
+        switches_per_call=(switches1 - switches0) / max(outcome.calls_made, 1),
     )
 
 
@@ -288,20 +336,21 @@ def run_mode(
     """Start a server with ``settings``, drive it, stop it: its Outcome."""
     server = Server(settings, workdir)
     try:
-        before = server.batch_sizes()
+        before, t0 = server.model_counters(), time.monotonic()
         outcome = measure(
             mode,
             server.proc.pid,
             lambda: drive(server.address, args.clients, args.warmup, args.duration),
         )
-        after = server.batch_sizes()
+        after, t1 = server.model_counters(), time.monotonic()
     finally:
         code = server.stop()
     if code != 0:
         print(f"warning: {mode} server exited with {code}", file=sys.stderr)
     batches = after[1] - before[1]
     mean_batch = (after[0] - before[0]) / batches if batches else float("nan")
-    return replace(outcome, mean_batch_size=mean_batch)
+    busy = (after[2] - before[2]) / (t1 - t0)
+    return replace(outcome, mean_batch_size=mean_batch, model_busy=busy)
 
 
 def median_of(outcomes: list[Outcome]) -> Outcome:
@@ -344,13 +393,13 @@ def report(
     (described as ``what``); write ``--json``; the exit code ``--check`` asks for."""
     width = max(len(name) for name in runs) + 2
     header = f"{'':<{width}}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'batch':>7}"
-    print(f"\n{header}{'server CPU':>12}{'machine CPU':>13}")
+    print(f"\n{header}{'server CPU':>12}{'machine CPU':>13}{'model busy':>12}{'switches':>10}")
     for outcomes in runs.values():
         for r in outcomes:
             print(
                 f"{r.mode:<{width}}{r.requests_per_second:>9.1f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
                 f"{r.errors:>8d}{r.mean_batch_size:>7.1f}{r.server_cpu_cores:>12.2f}"
-                f"{r.machine_cpu_cores:>13.2f}"
+                f"{r.machine_cpu_cores:>13.2f}{r.model_busy:>12.0%}{r.switches_per_call:>10.1f}"
             )
             if r.error_codes:
                 print(f"{'':<{width}}errors by code: {r.error_codes}")
