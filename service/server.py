@@ -7,9 +7,9 @@ then reports NOT_SERVING, refuses new calls and stops with ``config.grace_second
 calls in flight. ``main(argv)`` is the command-line entry (``--config FILE``).
 
 gRPC runs as ``grpc.aio`` on one asyncio event loop in a thread of its own (shared by
-every server in the process). A thread per call, as the synchronous server has, costs
-some thirty thread switches per call under load (hand-offs and the interpreter lock
-passing between handler threads): CPU the model worker needs. ``SentryServer`` keeps a
+every server in the process). A thread per call, as the synchronous server has, adds
+thread switches to every call (hand-offs and the interpreter lock passing between
+handler threads): CPU the model worker needs. ``SentryServer`` keeps a
 synchronous face (``stop``, ``wait_for_termination``) for callers outside the loop.
 """
 
