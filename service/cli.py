@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Sequence
 
 from detectors.cli.main import USER_ERRORS, build_parser
 from detectors.cli.main import main as run_cli
-from service import check, health
+from service import transport
 from service.config import ConfigError, load_config
 from service.loader import ModelLoadError
+
+log = logging.getLogger("service.cli")
 
 
 def _serve(args: argparse.Namespace) -> int:
     from service.server import serve  # grpc start-up only when serving
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log.info("gRPC core experiments: %r", os.environ.get(transport.ENV, ""))
     serve(load_config(args.config))
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     """The library's parser with ``serve``, ``check`` and ``health`` added."""
+    from service import check, health  # import grpc: see main()
+
     p = build_parser()
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
     serve = sub.add_parser(
@@ -35,9 +42,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gradsentry`` console script."""
-    return run_cli(argv, parser(), (*USER_ERRORS, ConfigError, ModelLoadError, check.CheckError))
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["serve"]:
+        # Before anything imports grpc, which reads its experiments once, at import.
+        transport.apply_server_defaults()
+    from service import check
+
+    return run_cli(words, parser(), (*USER_ERRORS, ConfigError, ModelLoadError, check.CheckError))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 from detectors.demo.model import MnistCNN
+from service import transport
+
+# In-process servers in the tests run on the gRPC transport `gradsentry serve` chooses
+# (grpc reads it once, at import: conftest runs before any test module imports grpc).
+transport.apply_server_defaults()
 
 
 def _digits_28() -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from detectors.sentry import Sentry
+from service import transport
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
 
@@ -82,7 +83,12 @@ def server_process(
     path = tmp_path / "server.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     log = (tmp_path / "server.log").open("wb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADSENTRY_")}
+    # No GRPC_EXPERIMENTS either: the process chooses its own transport (service.transport).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GRADSENTRY_") and k != transport.ENV
+    }
     env["OMP_NUM_THREADS"] = "1"  # one torch thread: the machine is shared
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--config", str(path)],
@@ -151,3 +157,10 @@ def test_sigterm_drains_every_accepted_call(server_process, samples, sentry: Sen
 
     assert proc.wait(timeout=GRACE + WAIT) == 0
     assert time.monotonic() - sigterm < GRACE
+
+
+def test_serve_chooses_its_grpc_transport(server_process, tmp_path: Path) -> None:
+    """Started without GRPC_EXPERIMENTS, ``gradsentry serve`` sets its own before grpc
+    loads (and serves on it: the fixture waited for SERVING)."""
+    text = (tmp_path / "server.log").read_text()
+    assert f"gRPC core experiments: {transport.SERVER_EXPERIMENTS!r}" in text, text
