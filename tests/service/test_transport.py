@@ -1,5 +1,5 @@
-"""The gRPC transport defaults of the server process, each in a fresh interpreter: grpc
-reads them once, at import."""
+"""The server process's gRPC transport: core experiments (each in a fresh interpreter: grpc
+reads them once, at import) and the event loop."""
 
 from __future__ import annotations
 
@@ -60,3 +60,20 @@ def test_the_client_commands_leave_the_transport_alone() -> None:
         "print('grpc' in sys.modules, os.environ.get('GRPC_EXPERIMENTS'), file=sys.stderr)"
     )
     assert out.stderr.split()[-2:] == ["True", "None"], out.stderr
+
+
+def test_the_grpc_loop_is_uvloops_when_installed() -> None:
+    import uvloop
+
+    from service.server import event_loop
+
+    assert isinstance(event_loop(), uvloop.Loop)
+
+
+def test_without_uvloop_the_loop_is_asyncios_own() -> None:
+    out = run(
+        "import sys; sys.modules['uvloop'] = None\n"  # import uvloop -> ImportError
+        "import asyncio; from service.server import new_loop\n"
+        "loop = new_loop(); print(type(loop).__module__, isinstance(loop, asyncio.BaseEventLoop))"
+    )
+    assert out.stdout.split() == ["asyncio.unix_events", "True"]
