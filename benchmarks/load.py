@@ -97,14 +97,16 @@ def machine_cpu() -> tuple[float, float]:
 
 def process_tree(pid: int) -> list[int]:
     """Process ``pid`` and its live descendants (a model worker, TorchServe's workers)."""
+    children: list[int] = []
     try:
-        children = [
-            int(c)
-            for task in Path(f"/proc/{pid}/task").iterdir()
-            for c in (task / "children").read_text().split()
-        ]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return [pid]
+    for task in tasks:
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # a short-lived thread (a metrics scrape's) just ended
+            continue
     return [pid, *(p for c in children for p in process_tree(c))]
 
 
@@ -128,7 +130,11 @@ def process_switches(pid: int) -> float:
     try:
         for p in process_tree(pid):
             for task in Path(f"/proc/{p}/task").iterdir():
-                for line in (task / "status").read_text().splitlines():
+                try:
+                    status = (task / "status").read_text()
+                except OSError:  # a short-lived thread (a metrics scrape's) just ended
+                    continue
+                for line in status.splitlines():
                     if line.startswith("voluntary_ctxt_switches:"):
                         total += int(line.split()[1])
     except OSError:
