@@ -45,9 +45,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gradsentry`` console script."""
     words = sys.argv[1:] if argv is None else list(argv)
-    if words[:1] == ["serve"]:
-        # Before anything imports grpc, which reads its experiments once, at import.
-        transport.apply_server_defaults()
+    # Before anything imports grpc, which reads its experiments once, at import.
+    if words[:1] == ["serve"] and transport.apply_server_defaults() is None:
+        log.warning("grpc was imported before serve started: gRPC core keeps its own defaults")
     from service import check
 
     return run_cli(words, parser(), (*USER_ERRORS, ConfigError, ModelLoadError, check.CheckError))

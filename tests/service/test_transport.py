@@ -77,3 +77,11 @@ def test_without_uvloop_the_loop_is_asyncios_own() -> None:
         "loop = new_loop(); print(type(loop).__module__, isinstance(loop, asyncio.BaseEventLoop))"
     )
     assert out.stdout.split() == ["asyncio.unix_events", "True"]
+
+
+def test_serve_says_when_grpc_was_imported_too_early() -> None:
+    out = run(
+        "import grpc; from service import cli\n"
+        "try:\n    cli.main(['serve', '--help'])\nexcept SystemExit:\n    pass\n"
+    )
+    assert "gRPC core keeps its own defaults" in out.stderr, out.stderr
