@@ -95,18 +95,25 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(ticks) - idle) / hz, sum(ticks) / hz
 
 
+def task_files(pid: int, name: str) -> list[str]:
+    """The text of ``/proc/PID/task/*/NAME`` for every thread of ``pid`` alive while read
+    (a short-lived thread, such as a metrics scrape's, may end mid-read: it is skipped).
+    OSError when the process itself is gone."""
+    texts = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            texts.append((task / name).read_text())
+        except OSError:
+            continue
+    return texts
+
+
 def process_tree(pid: int) -> list[int]:
     """Process ``pid`` and its live descendants (a model worker, TorchServe's workers)."""
-    children: list[int] = []
     try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        children = [int(c) for text in task_files(pid, "children") for c in text.split()]
     except OSError:
         return [pid]
-    for task in tasks:
-        try:
-            children += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:  # a short-lived thread (a metrics scrape's) just ended
-            continue
     return [pid, *(p for c in children for p in process_tree(c))]
 
 
@@ -126,20 +133,18 @@ def process_cpu(pid: int) -> float:
 def process_switches(pid: int) -> float:
     """Voluntary context switches of every thread of ``pid`` and its live children so far
     (a thread waking another and going to sleep: the cost of hand-offs; Linux)."""
-    total = 0
     try:
-        for p in process_tree(pid):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                try:
-                    status = (task / "status").read_text()
-                except OSError:  # a short-lived thread (a metrics scrape's) just ended
-                    continue
-                for line in status.splitlines():
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        total += int(line.split()[1])
+        statuses = [text for p in process_tree(pid) for text in task_files(p, "status")]
     except OSError:
         return float("nan")
-    return float(total)
+    return float(
+        sum(
+            int(line.split()[1])
+            for text in statuses
+            for line in text.splitlines()
+            if line.startswith("voluntary_ctxt_switches:")
+        )
+    )
 
 
 def demo_requests() -> list[pb.CheckRequest]:

@@ -187,8 +187,7 @@ async def _build_grpc(
         ],
     )
     health_servicer = health_aio.HealthServicer()
-    for name in HEALTH_NAMES:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     pb_grpc.add_ReliabilityServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -207,6 +206,7 @@ async def _build_grpc(
 
 
 async def _set_health(health_servicer: health_aio.HealthServicer, status: int) -> None:
+    """``status`` for the whole server ("") and the Reliability service."""
     for name in HEALTH_NAMES:
         await health_servicer.set(name, status)
 

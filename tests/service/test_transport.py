@@ -53,11 +53,22 @@ def test_too_late_once_grpc_is_imported_and_nothing_changes() -> None:
     assert out.stdout.split() == ["None", "None"]
 
 
+def cli_help(command: str, before: str = "", after: str = "") -> str:
+    """Code running ``gradsentry COMMAND --help`` in-process, between ``before`` and
+    ``after`` (lines)."""
+    return (
+        f"{before}\nfrom service import cli\n"
+        f"try:\n    cli.main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n{after}"
+    )
+
+
 def test_the_client_commands_leave_the_transport_alone() -> None:
     out = run(
-        "import os, sys; from service import cli\n"
-        "try:\n    cli.main(['health', '--help'])\nexcept SystemExit:\n    pass\n"
-        "print('grpc' in sys.modules, os.environ.get('GRPC_EXPERIMENTS'), file=sys.stderr)"
+        cli_help(
+            "health",
+            after="import os, sys\n"
+            "print('grpc' in sys.modules, os.environ.get('GRPC_EXPERIMENTS'), file=sys.stderr)",
+        )
     )
     assert out.stderr.split()[-2:] == ["True", "None"], out.stderr
 
@@ -80,8 +91,5 @@ def test_without_uvloop_the_loop_is_asyncios_own() -> None:
 
 
 def test_serve_says_when_grpc_was_imported_too_early() -> None:
-    out = run(
-        "import grpc; from service import cli\n"
-        "try:\n    cli.main(['serve', '--help'])\nexcept SystemExit:\n    pass\n"
-    )
+    out = run(cli_help("serve", before="import grpc"))
     assert "gRPC core keeps its own defaults" in out.stderr, out.stderr
