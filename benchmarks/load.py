@@ -1,9 +1,10 @@
 """Load test of the sidecar: N concurrent gRPC clients for a fixed time, batching on vs off.
 
 For each mode the script starts its own ``gradsentry serve`` process on 127.0.0.1 (the
-bundled demo, one torch thread, free ports), lets ``--clients`` threads — each with its own
-channel — send demo digits with ``Check`` back to back for ``--duration`` seconds after a
-short warm-up, then stops the server with SIGTERM. It prints requests/s, p50/p99 latency,
+bundled demo, one torch thread, free ports), lets ``--clients`` concurrent clients — each
+with its own channel, all on one event loop — send demo digits with ``Check`` back to back
+for ``--duration`` seconds after a short warm-up, then stops the server with SIGTERM. It
+prints requests/s, p50/p99 latency,
 the error count, the mean model batch size (from the server's metrics endpoint) and the
 CPU the server process and the whole machine used (Linux) for both modes, and the ratio of
 their requests/s. ``--rounds N`` alternates the modes N times and reports medians: on a
@@ -22,6 +23,7 @@ requests/s of batching off with zero errors.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -29,11 +31,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -49,6 +50,7 @@ from detectors.demo import ARTIFACTS  # noqa: E402
 from service._proto.gradsentry.v1 import reliability_pb2 as pb  # noqa: E402
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc  # noqa: E402
 from service.batcher import COMPUTE_STAGES  # noqa: E402
+from service.server import new_loop  # noqa: E402
 
 MAX_DURATION = 300.0  # seconds per mode: the run is bounded whatever is asked
 START_TIMEOUT = 120.0
@@ -242,66 +244,82 @@ class Server:
             return self.proc.wait(10)
 
 
-# ``calls(channel)`` -> the function one client calls with its running request index.
-Calls = Callable[[grpc.Channel], Callable[[int], object]]
+# ``calls(channel)`` -> the coroutine function one client awaits with its running request
+# index (grpc.aio stubs' calls are awaitable).
+Calls = Callable[[grpc.aio.Channel], Callable[[int], Awaitable[object]]]
 
 
 def check_calls(requests: list[pb.CheckRequest]) -> Calls:
     """Clients calling Reliability.Check on ``requests`` in turn."""
 
-    def bind(channel: grpc.Channel) -> Callable[[int], object]:
+    def bind(channel: grpc.aio.Channel) -> Callable[[int], Awaitable[object]]:
         check = pb_grpc.ReliabilityStub(channel).Check
         return lambda i: check(requests[i % len(requests)], timeout=30)
 
     return bind
 
 
+@dataclass
+class _Tally:
+    """What the clients of one ``drive`` recorded."""
+
+    latencies: list[float] = field(default_factory=list)  # seconds, successful calls
+    codes: dict[str, int] = field(default_factory=dict)  # failed calls by status code
+    made: int = 0  # every call, warm-up included
+
+
+async def _client(
+    address: str, k: int, clients: int, call_with: Calls, start: float, end: float, tally: _Tally
+) -> None:
+    """Client ``k``: its own channel, one call at a time until ``end``."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = call_with(channel)
+        i = k
+        while (t0 := time.monotonic()) < end:
+            code = "OK"
+            try:
+                await call(i)
+            except grpc.RpcError as exc:
+                code = exc.code().name
+            t1 = time.monotonic()
+            i += clients
+            tally.made += 1
+            if t0 >= start and t1 <= end:
+                if code == "OK":
+                    tally.latencies.append(t1 - t0)
+                else:
+                    tally.codes[code] = tally.codes.get(code, 0) + 1
+
+
 def drive(
     address: str, clients: int, warmup: float, duration: float, calls: Calls | None = None
 ) -> Outcome:
-    """``clients`` threads calling back to back (``calls``; default Check on the demo
-    digits); only calls that start after the warm-up and end before its end + ``duration``
-    are counted."""
+    """``clients`` concurrent clients, each with its own channel, calling back to back
+    (``calls``; default Check on the demo digits); only calls that start after the warm-up
+    and end before its end + ``duration`` are counted.
+
+    The clients are coroutines on one event loop (uvloop's when installed), as a load
+    generator written for the job runs them: 16 Python threads each driving a blocking
+    channel spend a share of the machine's CPU on handing the interpreter lock around,
+    which the server under test then lacks.
+    """
     call_with = calls if calls is not None else check_calls(demo_requests())
-    start = time.monotonic() + warmup
-    end = start + duration
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    codes: list[dict[str, int]] = [{} for _ in range(clients)]
-    made = [0] * clients
+    tally = _Tally()
 
-    def client(k: int) -> None:
-        with grpc.insecure_channel(address) as channel:
-            call = call_with(channel)
-            i = k
-            while True:
-                t0 = time.monotonic()
-                if t0 >= end:
-                    return
-                code = "OK"
-                try:
-                    call(i)
-                except grpc.RpcError as exc:
-                    code = exc.code().name
-                t1 = time.monotonic()
-                i += clients
-                made[k] += 1
-                if t0 >= start and t1 <= end:
-                    if code == "OK":
-                        latencies[k].append(t1 - t0)
-                    else:
-                        codes[k][code] = codes[k].get(code, 0) + 1
+    async def run_all() -> None:
+        start = time.monotonic() + warmup
+        end = start + duration
+        await asyncio.gather(
+            *(_client(address, k, clients, call_with, start, end, tally) for k in range(clients))
+        )
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    lat = np.concatenate([np.asarray(x) for x in latencies]) * 1e3
-    errors: dict[str, int] = {}
-    for c in codes:
-        for name, n in c.items():
-            errors[name] = errors.get(name, 0) + n
-    n_err = sum(errors.values())
+    loop = new_loop()
+    try:
+        loop.run_until_complete(run_all())
+    finally:
+        loop.close()
+    lat = np.asarray(tally.latencies) * 1e3
+    n_err = sum(tally.codes.values())
     return Outcome(
         mode="",
         clients=clients,
@@ -314,8 +332,8 @@ def drive(
         mean_batch_size=float("nan"),
         server_cpu_cores=float("nan"),
         machine_cpu_cores=float("nan"),
-        error_codes=errors,
-        calls_made=sum(made),
+        error_codes=dict(tally.codes),
+        calls_made=tally.made,
     )
 
 

@@ -10,9 +10,9 @@ same time), each with one torch thread and its dynamic batching on:
   ``max_batch_size`` / ``max_delay_ms``; clients call ``Reliability.Check`` (prediction,
   verdict, score back).
 
-The client load is ``benchmarks/load.py``'s: ``--clients`` threads, each with its own
-channel, sending the demo digits back to back for ``--duration`` seconds after a warm-up;
-only calls inside the window count. Printed per server: requests/s, p50/p99 latency, errors
+The client load is ``benchmarks/load.py``'s: ``--clients`` concurrent clients, each with
+its own channel, sending the demo digits back to back for ``--duration`` seconds after a
+warm-up; only calls inside the window count. Printed per server: requests/s, p50/p99 latency, errors
 and the CPU the server's processes used (cores); then the ratio gradsentry / TorchServe in
 requests/s. ``--check`` exits 1 unless the ratio reaches ``--target`` (1.0: gradsentry's
 checked requests/s at least TorchServe's plain predictions/s) with zero errors.
@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -61,7 +61,7 @@ def predictions_calls(workdir: Path) -> Calls:
     images = np.load(ARTIFACTS / "samples.npz")["images"].astype(np.float32) / 255.0
     requests = [prediction_request(pb2, img[None]) for img in images]
 
-    def bind(channel: grpc.Channel) -> Callable[[int], object]:
+    def bind(channel: grpc.aio.Channel) -> Callable[[int], Awaitable[object]]:
         predict = pb2_grpc.InferenceAPIsServiceStub(channel).Predictions
         return lambda i: predict(requests[i % len(requests)], timeout=30)
 
