@@ -216,7 +216,7 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
     # TLS files and the token are checked before anything heavy is loaded or started.
     credentials = server_credentials(config)
     auth = security_interceptors(config)
-    pipeline = start_pipeline(config)
+    pipeline = start_pipeline(config, loop=event_loop())
     metrics = Metrics(CollectorRegistry())
     metrics.set_info(**model_info(pipeline))
     metrics.set_queue_capacity(config.queue_size)

@@ -16,6 +16,7 @@ batch starts a new child.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import logging
@@ -37,6 +38,7 @@ from detectors.sentry import Verdicts
 from service.config import ServerConfig, build_config
 from service.errors import WorkerError
 from service.loader import ModelLoadError, build_pipeline
+from service.loop_reader import LoopReader
 from service.pipeline import BasePipeline, Result, padded_batch
 from service.spec import InputSpec
 from service.wire import pack, pack_verdicts, unpack, unpack_verdicts
@@ -55,10 +57,13 @@ def apply_threads(config: ServerConfig) -> None:
         torch.set_num_threads(config.torch_threads)
 
 
-def start_pipeline(config: ServerConfig) -> BasePipeline:
-    """The pipeline ``config.model_worker`` asks for: in a child process or in this one."""
+def start_pipeline(
+    config: ServerConfig, loop: asyncio.AbstractEventLoop | None = None
+) -> BasePipeline:
+    """The pipeline ``config.model_worker`` asks for: in a child process (its answers read
+    on ``loop`` when given, see ``ProcessPipeline``) or in this one."""
     if config.model_worker == "process":
-        return ProcessPipeline(config)
+        return ProcessPipeline(config, loop=loop)
     apply_threads(config)
     return build_pipeline(config)
 
@@ -69,9 +74,11 @@ class ProcessPipeline(BasePipeline):
     Construction starts the child and waits until it has loaded the model and bundle
     (``ModelLoadError`` with the child's message when it cannot); ``close`` stops it.
     Batches are sent as they come (``run_async``) and answered in order: with two in flight
-    the next batch is already waiting when the child finishes one. A reader thread takes
-    the answers; when the child dies it fails the batches it held with ``WorkerError``, and
-    the next batch starts a new child.
+    the next batch is already waiting when the child finishes one. The answers are read on
+    ``loop`` when one is given (the server's event loop: ``service.loop_reader``; a caller
+    must then never wait for an answer on that loop's thread), else by a reader thread;
+    when the child dies the batches it held fail with ``WorkerError``, and the next batch
+    starts a new child.
     """
 
     max_in_flight = 2
@@ -79,11 +86,18 @@ class ProcessPipeline(BasePipeline):
     # whose CPU priority the server must leave alone (service.priority).
     launcher_tids: ClassVar[set[int]] = set()
 
-    def __init__(self, config: ServerConfig, start_timeout: float = START_TIMEOUT) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        start_timeout: float = START_TIMEOUT,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self._config = config
         self._start_timeout = start_timeout
+        self._loop = loop
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        self._reader: LoopReader | None = None
         # ``_io`` guards the answer queue and the child's life, ``_send_lock`` the order of
         # sends; answers are matched to batches by order (the child answers one by one).
         self._io = threading.Lock()
@@ -189,22 +203,31 @@ class ProcessPipeline(BasePipeline):
             return future
 
     def _read(self, conn: Connection) -> None:
-        """Reader thread of one child: answers -> the oldest pending batch, until EOF."""
+        """Reader thread of one child (no loop given): answers, until EOF."""
         while True:
             try:
-                meta, arrays = unpack(conn.recv_bytes())
+                message = conn.recv_bytes()
             except (EOFError, OSError):
-                with self._io:
-                    self._lost(conn)
+                self._gone(conn)
                 return
-            with self._io:
-                future = self._pending.popleft() if self._pending else None
-            if future is None:
-                continue  # an answer nobody waits for (cannot happen; never block on it)
-            if meta.get("op") == "error":
-                future.set_exception(RuntimeError(f"model worker: {meta['message']}"))
-            else:
-                future.set_result(unpack_verdicts(meta, arrays))
+            self._answer(message)
+
+    def _answer(self, message: bytes) -> None:
+        """One answer from the child -> the oldest pending batch."""
+        meta, arrays = unpack(message)
+        with self._io:
+            future = self._pending.popleft() if self._pending else None
+        if future is None:
+            return  # an answer nobody waits for (cannot happen; never block on it)
+        if meta.get("op") == "error":
+            future.set_exception(RuntimeError(f"model worker: {meta['message']}"))
+        else:
+            future.set_result(unpack_verdicts(meta, arrays))
+
+    def _gone(self, conn: Connection) -> None:
+        """The child behind ``conn`` closed its end."""
+        with self._io:
+            self._lost(conn)
 
     def _lost(self, conn: Connection | None) -> None:
         """The child behind ``conn`` is gone: fail what it held (caller holds ``_io``)."""
@@ -258,17 +281,28 @@ class ProcessPipeline(BasePipeline):
             _reap(process)
             raise ModelLoadError(str(meta.get("message", "the model worker failed to start")))
         self._process, self._conn = process, conn
-        threading.Thread(
-            target=self._read, args=(conn,), name="model-worker-reader", daemon=True
-        ).start()
+        if self._loop is not None:
+            # Failing the batches and reaping the child can wait: not on the loop.
+            self._reader = LoopReader(
+                self._loop,
+                conn,
+                self._answer,
+                lambda: threading.Thread(target=self._gone, args=(conn,), daemon=True).start(),
+            )
+        else:
+            threading.Thread(
+                target=self._read, args=(conn,), name="model-worker-reader", daemon=True
+            ).start()
         log.info("model worker started (pid %d)", process.pid)
         return meta
 
     def _stop(self, ask: bool = True) -> int | None:
         """Ask the child to exit (``ask``; not when it is known dead), kill it if it does
         not; its exit code (caller holds ``_io``)."""
-        process, conn = self._process, self._conn
-        self._process = self._conn = None
+        process, conn, reader = self._process, self._conn, self._reader
+        self._process = self._conn = self._reader = None
+        if reader is not None:
+            reader.close()
         if process is None:
             return None
         if conn is not None:
