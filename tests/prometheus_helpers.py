@@ -24,13 +24,12 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
-from service.config import load_config
-from service.server import SentryServer, create_server
+from service.server import SentryServer
+from tests.servers import demo_server
 
 WAIT = 60.0  # seconds: bound of every wait on Prometheus
 JOB = "gradsentry"  # the scrape job name the alert rules and the dashboard select
@@ -157,13 +156,8 @@ def target_up(prometheus: Prometheus) -> bool | None:
 @contextmanager
 def start_sidecar() -> Iterator[SentryServer]:
     """The bundled demo server on 127.0.0.1 (free gRPC and metrics ports), one torch thread."""
-    torch.set_num_threads(1)
-    environ = {"GRADSENTRY_PORT": "0", "GRADSENTRY_METRICS_PORT": "0", "GRADSENTRY_DEVICE": "cpu"}
-    running, _ = create_server(load_config(environ=environ))
-    try:
+    with demo_server() as (running, _):
         yield running
-    finally:
-        running.stop(None).wait(10)
 
 
 def tensor_request(x: np.ndarray) -> pb.CheckRequest:

@@ -8,32 +8,19 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
 import pytest
-import torch
 
 from benchmarks.load import check_calls, demo_requests, drive
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
-from service.config import load_config
-from service.server import create_server
+from tests.servers import demo_server
 
 CLIENTS = 4
 
 
 @pytest.fixture(scope="module")
 def address() -> Iterator[str]:
-    torch.set_num_threads(1)
-    config = load_config(
-        environ={
-            "GRADSENTRY_PORT": "0",
-            "GRADSENTRY_METRICS_PORT": "0",
-            "GRADSENTRY_DEVICE": "cpu",
-            "GRADSENTRY_TORCH_THREADS": "1",
-            "GRADSENTRY_MODEL_WORKER": "inline",
-        }
-    )
-    running, port = create_server(config)
-    yield f"127.0.0.1:{port}"
-    running.stop(None).wait(5)
+    with demo_server(GRADSENTRY_MODEL_WORKER="inline") as (_, port):
+        yield f"127.0.0.1:{port}"
 
 
 def test_clients_call_concurrently_and_only_the_window_counts(address: str) -> None:

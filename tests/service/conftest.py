@@ -12,8 +12,8 @@ import torch
 from detectors.demo import ARTIFACTS, load_demo_model
 from detectors.sentry import Sentry
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
-from service.config import load_config
-from service.server import SentryServer, create_server
+from service.server import SentryServer
+from tests.servers import demo_server
 
 
 @pytest.fixture(scope="session")
@@ -33,18 +33,8 @@ def sentry() -> Sentry:
 @pytest.fixture(scope="session")
 def server() -> Iterator[tuple[SentryServer, int]]:
     """Started, warmed-up server; stopped at the end of the session."""
-    torch.set_num_threads(1)
-    config = load_config(
-        environ={
-            "GRADSENTRY_PORT": "0",
-            "GRADSENTRY_METRICS_PORT": "0",
-            "GRADSENTRY_DEVICE": "cpu",
-            "GRADSENTRY_TORCH_THREADS": "1",
-        }
-    )
-    running, port = create_server(config)
-    yield running, port
-    running.stop(None).wait(5)
+    with demo_server() as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

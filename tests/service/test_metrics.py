@@ -23,6 +23,7 @@ from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
 from service.config import load_config
 from service.metrics import STAGES, Metrics, MetricsError
 from service.server import BindError, SentryServer, create_server
+from tests.servers import demo_server
 
 RELIABILITY = "gradsentry.v1.Reliability"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -96,18 +97,11 @@ def test_stage_names_are_checked() -> None:
 @pytest.fixture(scope="module")
 def live() -> Iterator[tuple[SentryServer, grpc.Channel]]:
     """A server of its own (exact counts need traffic no other test adds)."""
-    torch.set_num_threads(1)
-    environ = {
-        "GRADSENTRY_PORT": "0",
-        "GRADSENTRY_METRICS_PORT": "0",
-        "GRADSENTRY_DEVICE": "cpu",
-        "GRADSENTRY_QUEUE_SIZE": "200",
-        "GRADSENTRY_TORCH_THREADS": "1",
-    }
-    running, port = create_server(load_config(environ=environ))
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with (
+        demo_server(GRADSENTRY_QUEUE_SIZE="200") as (running, port),
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
         yield running, channel
-    running.stop(None).wait(10)
 
 
 @pytest.fixture(scope="module")
