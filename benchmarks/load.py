@@ -4,11 +4,10 @@ For each mode the script starts its own ``gradsentry serve`` process on 127.0.0.
 bundled demo, one torch thread, free ports), lets ``--clients`` concurrent clients — each
 with its own channel, all on one event loop — send demo digits with ``Check`` back to back
 for ``--duration`` seconds after a short warm-up, then stops the server with SIGTERM. It
-prints requests/s, p50/p99 latency,
-the error count, the mean model batch size (from the server's metrics endpoint) and the
-CPU the server process and the whole machine used (Linux) for both modes, and the ratio of
-their requests/s. ``--rounds N`` alternates the modes N times and reports medians: on a
-shared machine other work skews any single run.
+prints requests/s, p50/p99 latency, the error count, the mean model batch size (from the
+server's metrics endpoint) and the CPU the server process and the whole machine used
+(Linux) for both modes, and the ratio of their requests/s. ``--rounds N`` alternates the
+modes N times and reports medians: on a shared machine other work skews any single run.
 
     python benchmarks/load.py [--clients 16] [--duration 20] [--rounds 1] [--json FILE]
                               [--check]
