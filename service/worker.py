@@ -16,7 +16,6 @@ batch starts a new child.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import logging
@@ -37,6 +36,7 @@ import torch
 from detectors.sentry import Verdicts
 from service.config import ServerConfig, build_config
 from service.errors import WorkerError
+from service.event_loop import event_loop
 from service.loader import ModelLoadError, build_pipeline
 from service.loop_reader import LoopReader
 from service.pipeline import BasePipeline, Result, padded_batch
@@ -57,13 +57,10 @@ def apply_threads(config: ServerConfig) -> None:
         torch.set_num_threads(config.torch_threads)
 
 
-def start_pipeline(
-    config: ServerConfig, loop: asyncio.AbstractEventLoop | None = None
-) -> BasePipeline:
-    """The pipeline ``config.model_worker`` asks for: in a child process (its answers read
-    on ``loop`` when given, see ``ProcessPipeline``) or in this one."""
+def start_pipeline(config: ServerConfig) -> BasePipeline:
+    """The pipeline ``config.model_worker`` asks for: in a child process or in this one."""
     if config.model_worker == "process":
-        return ProcessPipeline(config, loop=loop)
+        return ProcessPipeline(config)
     apply_threads(config)
     return build_pipeline(config)
 
@@ -75,10 +72,9 @@ class ProcessPipeline(BasePipeline):
     (``ModelLoadError`` with the child's message when it cannot); ``close`` stops it.
     Batches are sent as they come (``run_async``) and answered in order: with two in flight
     the next batch is already waiting when the child finishes one. The answers are read on
-    ``loop`` when one is given (the server's event loop: ``service.loop_reader``; a caller
-    must then never wait for an answer on that loop's thread), else by a reader thread;
-    when the child dies the batches it held fail with ``WorkerError``, and the next batch
-    starts a new child.
+    the process's event loop (``service.event_loop``, ``service.loop_reader``): nothing may
+    wait for an answer on that loop's thread. When the child dies the batches it held fail
+    with ``WorkerError``, and the next batch starts a new child.
     """
 
     max_in_flight = 2
@@ -86,15 +82,9 @@ class ProcessPipeline(BasePipeline):
     # whose CPU priority the server must leave alone (service.priority).
     launcher_tids: ClassVar[set[int]] = set()
 
-    def __init__(
-        self,
-        config: ServerConfig,
-        start_timeout: float = START_TIMEOUT,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
+    def __init__(self, config: ServerConfig, start_timeout: float = START_TIMEOUT) -> None:
         self._config = config
         self._start_timeout = start_timeout
-        self._loop = loop
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._reader: LoopReader | None = None
@@ -202,16 +192,6 @@ class ProcessPipeline(BasePipeline):
                     self._lost(conn)  # fails ``future`` with the others
             return future
 
-    def _read(self, conn: Connection) -> None:
-        """Reader thread of one child (no loop given): answers, until EOF."""
-        while True:
-            try:
-                message = conn.recv_bytes()
-            except (EOFError, OSError):
-                self._gone(conn)
-                return
-            self._answer(message)
-
     def _answer(self, message: bytes) -> None:
         """One answer from the child -> the oldest pending batch."""
         meta, arrays = unpack(message)
@@ -281,18 +261,13 @@ class ProcessPipeline(BasePipeline):
             _reap(process)
             raise ModelLoadError(str(meta.get("message", "the model worker failed to start")))
         self._process, self._conn = process, conn
-        if self._loop is not None:
-            # Failing the batches and reaping the child can wait: not on the loop.
-            self._reader = LoopReader(
-                self._loop,
-                conn,
-                self._answer,
-                lambda: threading.Thread(target=self._gone, args=(conn,), daemon=True).start(),
-            )
-        else:
-            threading.Thread(
-                target=self._read, args=(conn,), name="model-worker-reader", daemon=True
-            ).start()
+        # Failing the batches and reaping the child can wait: not on the loop.
+        self._reader = LoopReader(
+            event_loop(),
+            conn,
+            self._answer,
+            lambda: threading.Thread(target=self._gone, args=(conn,), daemon=True).start(),
+        )
         log.info("model worker started (pid %d)", process.pid)
         return meta
 

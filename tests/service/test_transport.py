@@ -76,7 +76,7 @@ def test_the_client_commands_leave_the_transport_alone() -> None:
 def test_the_grpc_loop_is_uvloops_when_installed() -> None:
     import uvloop
 
-    from service.server import event_loop
+    from service.event_loop import event_loop
 
     assert isinstance(event_loop(), uvloop.Loop)
 
@@ -84,7 +84,7 @@ def test_the_grpc_loop_is_uvloops_when_installed() -> None:
 def test_without_uvloop_the_loop_is_asyncios_own() -> None:
     out = run(
         "import sys; sys.modules['uvloop'] = None\n"  # import uvloop -> ImportError
-        "import asyncio; from service.server import new_loop\n"
+        "import asyncio; from service.event_loop import new_loop\n"
         "loop = new_loop(); print(type(loop).__module__, isinstance(loop, asyncio.BaseEventLoop))"
     )
     assert out.stdout.split() == ["asyncio.unix_events", "True"]
