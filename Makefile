@@ -72,6 +72,7 @@ report: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/probe_cost.py
 	$(PY) benchmarks/load.py
+	$(PY) benchmarks/load.py --rpc stream
 
 # Python stubs for protos/ into service/_proto/ (committed; a test fails when they are stale).
 # -Iservice/_proto=protos makes generated imports read `from service._proto.gradsentry.v1 ...`.

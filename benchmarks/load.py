@@ -2,15 +2,18 @@
 
 For each mode the script starts its own ``gradsentry serve`` process on 127.0.0.1 (the
 bundled demo, one torch thread, free ports), lets ``--clients`` concurrent clients — each
-with its own channel, all on one event loop — send demo digits with ``Check`` back to back
-for ``--duration`` seconds after a short warm-up, then stops the server with SIGTERM. It
+with its own channel, all on one event loop — send demo digits back to back for
+``--duration`` seconds after a short warm-up, then stops the server with SIGTERM. With
+``--rpc check`` (the default) every request is its own ``Check`` call; with ``--rpc
+stream`` every client keeps one ``CheckStream`` open and writes its next request when the
+last one is answered (still one request out per client). It
 prints requests/s, p50/p99 latency, the error count, the mean model batch size (from the
 server's metrics endpoint) and the CPU the server process and the whole machine used
 (Linux) for both modes, and the ratio of their requests/s. ``--rounds N`` alternates the
 modes N times and reports medians: on a shared machine other work skews any single run.
 
     python benchmarks/load.py [--clients 16] [--duration 20] [--rounds 1] [--json FILE]
-                              [--check]
+                              [--rpc check|stream] [--check]
 
 Batching on is the configured ``max_batch_size`` / ``max_delay_ms``; batching off is
 ``max_delay_ms: 0`` (every input alone in its batch, still through the queue). Both use
@@ -52,6 +55,8 @@ from service.batcher import COMPUTE_STAGES  # noqa: E402
 from service.event_loop import new_loop  # noqa: E402
 
 MAX_DURATION = 300.0  # seconds per mode: the run is bounded whatever is asked
+# A benchmark stream lives for one mode's warm-up and window (each at most 60 / 300 s).
+STREAM_TIMEOUT = MAX_DURATION + 120.0
 START_TIMEOUT = 120.0
 
 
@@ -258,6 +263,51 @@ def check_calls(requests: list[pb.CheckRequest]) -> Calls:
     return bind
 
 
+class StreamCaller:
+    """One client's ``CheckStream``: each call writes one request and reads its answer, so
+    the client still has one request out at a time. A failed message ends the stream (the
+    server closes it with that error); the next call opens a new one. ``close`` ends the
+    stream cleanly (``drive`` awaits it when the client stops)."""
+
+    def __init__(self, channel: grpc.aio.Channel, requests: list[pb.CheckRequest]) -> None:
+        self._stub = pb_grpc.ReliabilityStub(channel)
+        self._requests = requests
+        self._call: grpc.aio.StreamStreamCall | None = None
+
+    async def __call__(self, i: int) -> pb.CheckResponse:
+        if self._call is None:
+            self._call = self._stub.CheckStream(timeout=STREAM_TIMEOUT)
+        call = self._call
+        try:
+            await call.write(self._requests[i % len(self._requests)])
+            response = await call.read()
+        except grpc.RpcError:
+            self._call = None
+            raise
+        if response is grpc.aio.EOF:  # the server answers every message or fails the stream
+            raise RuntimeError(f"the server ended a stream with {await call.code()} mid-call")
+        return response
+
+    async def close(self) -> None:
+        call, self._call = self._call, None
+        if call is None:
+            return
+        await call.done_writing()
+        while await call.read() is not grpc.aio.EOF:
+            pass  # nothing is out: the stream ends once the server has read the end
+
+
+def stream_calls(requests: list[pb.CheckRequest]) -> Calls:
+    """Clients sending ``requests`` in turn on one Reliability.CheckStream each."""
+    return lambda channel: StreamCaller(channel, requests)
+
+
+RPC_CALLS: dict[str, Callable[[list[pb.CheckRequest]], Calls]] = {
+    "check": check_calls,
+    "stream": stream_calls,
+}
+
+
 @dataclass
 class _Tally:
     """What the clients of one ``drive`` recorded."""
@@ -270,24 +320,30 @@ class _Tally:
 async def _client(
     address: str, k: int, clients: int, call_with: Calls, start: float, end: float, tally: _Tally
 ) -> None:
-    """Client ``k``: its own channel, one call at a time until ``end``."""
+    """Client ``k``: its own channel, one call at a time until ``end``; then the caller's
+    ``close`` if it has one (a stream's end)."""
     async with grpc.aio.insecure_channel(address) as channel:
         call = call_with(channel)
         i = k
-        while (t0 := time.monotonic()) < end:
-            code = "OK"
-            try:
-                await call(i)
-            except grpc.RpcError as exc:
-                code = exc.code().name
-            t1 = time.monotonic()
-            i += clients
-            tally.made += 1
-            if t0 >= start and t1 <= end:
-                if code == "OK":
-                    tally.latencies.append(t1 - t0)
-                else:
-                    tally.codes[code] = tally.codes.get(code, 0) + 1
+        try:
+            while (t0 := time.monotonic()) < end:
+                code = "OK"
+                try:
+                    await call(i)
+                except grpc.RpcError as exc:
+                    code = exc.code().name
+                t1 = time.monotonic()
+                i += clients
+                tally.made += 1
+                if t0 >= start and t1 <= end:
+                    if code == "OK":
+                        tally.latencies.append(t1 - t0)
+                    else:
+                        tally.codes[code] = tally.codes.get(code, 0) + 1
+        finally:
+            close = getattr(call, "close", None)
+            if close is not None:
+                await close()
 
 
 def drive(
@@ -359,16 +415,21 @@ def measure(name: str, pid: int, run: Callable[[], Outcome]) -> Outcome:
 
 
 def run_mode(
-    mode: str, settings: dict[str, object], args: argparse.Namespace, workdir: Path
+    mode: str,
+    settings: dict[str, object],
+    args: argparse.Namespace,
+    workdir: Path,
+    calls: Calls | None = None,
 ) -> Outcome:
-    """Start a server with ``settings``, drive it, stop it: its Outcome."""
+    """Start a server with ``settings``, drive it with ``calls`` (default: Check), stop it:
+    its Outcome."""
     server = Server(settings, workdir)
     try:
         before, t0 = server.model_counters(), time.monotonic()
         outcome = measure(
             mode,
             server.proc.pid,
-            lambda: drive(server.address, args.clients, args.warmup, args.duration),
+            lambda: drive(server.address, args.clients, args.warmup, args.duration, calls),
         )
         after, t1 = server.model_counters(), time.monotonic()
     finally:
@@ -453,6 +514,13 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_load_arguments(parser, "mode", target=3.0)
+    parser.add_argument(
+        "--rpc",
+        choices=sorted(RPC_CALLS),
+        default="check",
+        help="what each client calls: one Check per request, or one CheckStream per client "
+        "with one request out at a time (check)",
+    )
     args = parser.parse_args(argv)
     check_load_arguments(parser, args)
 
@@ -468,17 +536,18 @@ def main(argv: list[str] | None = None) -> int:
         },
         "batching off": {**common, "max_batch_size": args.max_batch_size, "max_delay_ms": 0},
     }
+    calls = RPC_CALLS[args.rpc](demo_requests())
     runs: dict[str, list[Outcome]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory(prefix="gradsentry-load-") as tmp:
         for i in range(args.rounds):
             for mode, settings in modes.items():
                 print(
-                    f"[{i + 1}/{args.rounds}] {mode}: {settings}, {args.clients} clients, "
-                    f"{args.duration:g} s",
+                    f"[{i + 1}/{args.rounds}] {mode}: {settings}, {args.clients} clients "
+                    f"({args.rpc}), {args.duration:g} s",
                     flush=True,
                 )
-                runs[mode].append(run_mode(mode, settings, args, Path(tmp)))
-    return report(runs, args, "batching on", "batching off", "on / off")
+                runs[mode].append(run_mode(mode, settings, args, Path(tmp), calls))
+    return report(runs, args, "batching on", "batching off", f"on / off ({args.rpc})")
 
 
 if __name__ == "__main__":

@@ -7,18 +7,19 @@
         if result.flagged:
             ...
 
-Inputs (``check``, ``check_batch``) may be numpy arrays — float32/float64/float16 with
-values in the model's range, or uint8 (0..255 mapped onto that range) — shaped [C, H, W],
-[H, W] (one channel) or [1, C, H, W]; encoded PNG/JPEG bytes; or a path to a .png, .jpg,
-.jpeg or .npy file. Results are plain dataclasses. A failed call raises ``RequestError``
-carrying the gRPC status code and the server's message; an input that cannot even be sent
-raises ``InputError``. The client imports neither torch nor the detectors.
+Inputs (``check``, ``check_batch``, ``check_stream``) may be numpy arrays — float32/float64/
+float16 with values in the model's range, or uint8 (0..255 mapped onto that range) — shaped
+[C, H, W], [H, W] (one channel) or [1, C, H, W]; encoded PNG/JPEG bytes; or a path to a
+.png, .jpg, .jpeg or .npy file. Results are plain dataclasses. A failed call raises
+``RequestError`` carrying the gRPC status code and the server's message; an input that
+cannot even be sent raises ``InputError``. The client imports neither torch nor the
+detectors.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -317,9 +318,12 @@ class ReliabilityClient:
         try:
             return method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            raise RequestError(code, details or "", self.target) from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: grpc.RpcError) -> RequestError:
+        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        return RequestError(code, details or "", self.target)
 
     def check(
         self,
@@ -357,6 +361,53 @@ class ReliabilityClient:
             raise InputError("check_batch needs at least one input")
         reply = self._call(self._stub.CheckBatch, pb.CheckBatchRequest(requests=requests))
         return [result_from(r) for r in reply.responses]
+
+    def check_stream(
+        self,
+        items: Iterable[Input],
+        *,
+        return_probabilities: bool = False,
+        return_features: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[CheckResult]:
+        """Score inputs on one ``CheckStream``: results in input order, each as soon as it is
+        scored, while later inputs are still being sent (``items`` is read lazily).
+
+        For a steady flow of inputs: a stream message costs the server much less than a
+        call of its own (``benchmarks/load.py --rpc stream``). ``timeout`` bounds the whole
+        stream (None: no deadline; the client's per-call timeout does not apply). An input
+        that cannot be sent ends the stream after the results before it and raises
+        InputError naming its index; an input the server refuses raises RequestError
+        naming it ("stream message <index>").
+        """
+        failed: list[Exception] = []
+
+        def requests() -> Iterator[pb.CheckRequest]:
+            # gRPC reads this generator on its own thread and would only cancel the call
+            # on an error: keep the error, end the stream, raise it here afterwards.
+            index = 0
+            try:
+                for item in items:
+                    request = to_request(item)
+                    request.return_probabilities = return_probabilities
+                    request.return_features = return_features
+                    yield request
+                    index += 1
+            except InputError as exc:
+                failed.append(InputError(f"input {index}: {exc}"))
+            except Exception as exc:
+                failed.append(exc)
+
+        call = self._stub.CheckStream(requests(), timeout=timeout, metadata=self._metadata)
+        try:
+            for response in call:
+                yield result_from(response)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        finally:
+            call.cancel()  # a no-op once the stream has ended; else the caller stopped early
+        if failed:
+            raise failed[0]
 
     def info(self) -> ServerInfo:
         """The server's model, input spec and detector metadata."""

@@ -1,26 +1,50 @@
 """The load benchmark's client load against a real in-process server on 127.0.0.1: every
 client is a concurrent caller with its own channel, only calls inside the window count,
-and failed calls are counted by status code, not as requests/s."""
+failed calls are counted by status code, not as requests/s, and stream clients keep one
+stream each (a new one only after a failed message) and end it cleanly."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
 import pytest
 
-from benchmarks.load import check_calls, demo_requests, drive
+from benchmarks.load import check_calls, demo_requests, drive, stream_calls
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
+from service.server import SentryServer
 from tests.servers import demo_server
 
 CLIENTS = 4
+BAD = pb.CheckRequest(tensor=pb.Tensor(dtype=pb.FLOAT32, shape=[1, 28, 28], data=b"\0" * 3))
 
 
 @pytest.fixture(scope="module")
-def address() -> Iterator[str]:
-    with demo_server(GRADSENTRY_MODEL_WORKER="inline") as (_, port):
-        yield f"127.0.0.1:{port}"
+def served() -> Iterator[tuple[SentryServer, str]]:
+    with demo_server(GRADSENTRY_MODEL_WORKER="inline") as (running, port):
+        yield running, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def address(served: tuple[SentryServer, str]) -> str:
+    return served[1]
+
+
+def streams_ended(running: SentryServer, code: str) -> float:
+    """CheckStream calls the server has finished with ``code``."""
+    labels = {"service": "gradsentry.v1.Reliability", "method": "CheckStream", "code": code}
+    return running.metrics.registry.get_sample_value("gradsentry_requests_total", labels) or 0.0
+
+
+def wait_streams_ended(running: SentryServer, code: str, count: float) -> float:
+    """``streams_ended`` once it reaches ``count`` (the server records a call as it ends
+    it), or after 5 s."""
+    deadline = time.monotonic() + 5
+    while (n := streams_ended(running, code)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return n
 
 
 def test_clients_call_concurrently_and_only_the_window_counts(address: str) -> None:
@@ -51,13 +75,39 @@ def test_clients_call_concurrently_and_only_the_window_counts(address: str) -> N
 
 
 def test_failed_calls_count_as_errors_by_code(address: str) -> None:
-    bad = pb.CheckRequest(tensor=pb.Tensor(dtype=pb.FLOAT32, shape=[1, 28, 28], data=b"\0" * 3))
-
     def malformed(channel: grpc.aio.Channel) -> Callable[[int], Awaitable[object]]:
         check = pb_grpc.ReliabilityStub(channel).Check
-        return lambda i: check(bad, timeout=10)
+        return lambda i: check(BAD, timeout=10)
 
     out = drive(address, CLIENTS, warmup=0.0, duration=0.5, calls=malformed)
     assert out.requests > 0
     assert out.error_codes == {"INVALID_ARGUMENT": out.requests} and out.errors == out.requests
     assert out.requests_per_second == 0.0
+
+
+def test_stream_clients_keep_one_stream_each_and_end_it_cleanly(
+    served: tuple[SentryServer, str],
+) -> None:
+    running, address = served
+    before = streams_ended(running, "OK")
+    out = drive(address, CLIENTS, warmup=0.3, duration=1.5, calls=stream_calls(demo_requests()))
+    assert out.errors == 0 and out.error_codes == {}
+    assert out.requests > CLIENTS  # many messages per stream...
+    assert out.calls_made > out.requests
+    # ...on exactly one stream per client, each ended by the client with status OK
+    assert wait_streams_ended(running, "OK", before + CLIENTS) == before + CLIENTS
+    assert 0 < out.p50_ms <= out.p99_ms
+
+
+def test_a_failed_stream_message_is_an_error_and_the_next_opens_a_new_stream(
+    served: tuple[SentryServer, str],
+) -> None:
+    running, address = served
+    before = streams_ended(running, "INVALID_ARGUMENT")
+    out = drive(address, CLIENTS, warmup=0.0, duration=0.5, calls=stream_calls([BAD]))
+    assert out.requests > 0
+    assert out.error_codes == {"INVALID_ARGUMENT": out.requests} and out.errors == out.requests
+    assert out.requests_per_second == 0.0
+    # every message failed its own stream: one stream per call made
+    expected = before + out.calls_made
+    assert wait_streams_ended(running, "INVALID_ARGUMENT", expected) == expected

@@ -128,6 +128,57 @@ def test_batch_options_and_result_fields(
     assert plain.probabilities.size == 0 and plain.features.size == 0
 
 
+def test_stream_matches_sentry_in_order(
+    client: ReliabilityClient, images, reference, tmp_path: Path
+) -> None:
+    npy = tmp_path / "s.npy"
+    np.save(npy, images[3])
+    items = [as_float(images)[0], png_bytes(images[1]), images[2], npy]
+    sent: list[int] = []
+
+    def lazily():
+        for i, item in enumerate(items):
+            sent.append(i)
+            yield item
+
+    results = list(client.check_stream(lazily(), return_features=True))
+    assert len(results) == N and sent == list(range(N))
+    ids = {r.request_id.rsplit("/", 1)[0] for r in results}
+    assert len(ids) == 1  # one stream
+    for i, result in enumerate(results):
+        assert_matches(result, reference, i)
+        assert result.request_id.endswith(f"/{i}")
+        np.testing.assert_allclose(result.features, reference.features[i], rtol=1e-6, atol=1e-9)
+        assert result.probabilities.size == 0
+    assert list(client.check_stream([])) == []
+
+
+def test_stream_errors_name_the_input_after_the_results_before_it(
+    client: ReliabilityClient, images, reference
+) -> None:
+    # An input the client cannot send: the stream ends after the results before it.
+    results = []
+    with pytest.raises(InputError, match="input 2: "):
+        for result in client.check_stream([images[0], images[1], "digit.gif", images[3]]):
+            results.append(result)
+    assert [r.predicted_class for r in results] == [int(p) for p in reference.predicted[:2]]
+    # An input the server refuses ends the stream with INVALID_ARGUMENT naming it.
+    results = []
+    bad = np.full((28, 28), 2.0, np.float32)
+    with pytest.raises(RequestError) as err:
+        for result in client.check_stream([images[0], bad, images[2]]):
+            results.append(result)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "stream message 1" in err.value.details and "out of range" in err.value.details
+    assert len(results) == 1
+    assert_matches(results[0], reference, 0)
+    # A caller that stops early leaves nothing behind: the next stream is served as usual.
+    stream = client.check_stream(images[i % N] for i in range(1000))
+    assert_matches(next(stream), reference, 0)
+    stream.close()
+    assert_matches(next(client.check_stream([images[1]])), reference, 1)
+
+
 def test_info_and_health(client: ReliabilityClient, sentry: Sentry) -> None:
     info = client.info()
     manifest = sentry.bundle.manifest
