@@ -6,11 +6,11 @@ with its own channel, all on one event loop — send demo digits back to back fo
 ``--duration`` seconds after a short warm-up, then stops the server with SIGTERM. With
 ``--rpc check`` (the default) every request is its own ``Check`` call; with ``--rpc
 stream`` every client keeps one ``CheckStream`` open and writes its next request when the
-last one is answered (still one request out per client). It
-prints requests/s, p50/p99 latency, the error count, the mean model batch size (from the
-server's metrics endpoint) and the CPU the server process and the whole machine used
-(Linux) for both modes, and the ratio of their requests/s. ``--rounds N`` alternates the
-modes N times and reports medians: on a shared machine other work skews any single run.
+last one is answered (still one request out per client). It prints requests/s, p50/p99
+latency, the error count, the mean model batch size (from the server's metrics endpoint)
+and the CPU the server process and the whole machine used (Linux) for both modes, and the
+ratio of their requests/s. ``--rounds N`` alternates the modes N times and reports
+medians: on a shared machine other work skews any single run.
 
     python benchmarks/load.py [--clients 16] [--duration 20] [--rounds 1] [--json FILE]
                               [--rpc check|stream] [--check]
@@ -249,7 +249,8 @@ class Server:
 
 
 # ``calls(channel)`` -> the coroutine function one client awaits with its running request
-# index (grpc.aio stubs' calls are awaitable).
+# index (grpc.aio stubs' calls are awaitable); if it has an async ``close()``, the client
+# awaits it when it stops (``StreamCaller``).
 Calls = Callable[[grpc.aio.Channel], Callable[[int], Awaitable[object]]]
 
 
@@ -359,7 +360,8 @@ def drive(
     The clients are coroutines on one event loop (uvloop's when installed), as a load
     generator written for the job runs them: 16 Python threads each driving a blocking
     channel spend a share of the machine's CPU on handing the interpreter lock around,
-    which the server under test then lacks.
+    which the server under test then lacks. Their channels share one TCP connection (gRPC
+    pools connections to the same target), as ghz's clients do by default.
     """
     call_with = calls if calls is not None else check_calls(demo_requests())
     tally = _Tally()

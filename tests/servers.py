@@ -3,6 +3,7 @@ ports, CPU, one torch thread; ``GRADSENTRY_*`` overrides on top."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,3 +31,18 @@ def demo_server(**environ: str) -> Iterator[tuple[SentryServer, int]]:
         yield running, port
     finally:
         running.stop(None).wait(10)
+
+
+def calls_ended(running: SentryServer, method: str, code: str) -> float:
+    """Reliability ``method`` calls the server has finished with status ``code``."""
+    labels = {"service": "gradsentry.v1.Reliability", "method": method, "code": code}
+    return running.metrics.registry.get_sample_value("gradsentry_requests_total", labels) or 0.0
+
+
+def wait_calls_ended(running: SentryServer, method: str, code: str, count: float) -> float:
+    """``calls_ended`` once it reaches ``count`` (the server records a call as it ends it,
+    which a client may see a moment earlier), or after 5 s."""
+    deadline = time.monotonic() + 5
+    while (n := calls_ended(running, method, code)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return n

@@ -5,7 +5,6 @@ stream each (a new one only after a failed message) and end it cleanly."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
@@ -15,7 +14,7 @@ from benchmarks.load import check_calls, demo_requests, drive, stream_calls
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
 from service.server import SentryServer
-from tests.servers import demo_server
+from tests.servers import calls_ended, demo_server, wait_calls_ended
 
 CLIENTS = 4
 BAD = pb.CheckRequest(tensor=pb.Tensor(dtype=pb.FLOAT32, shape=[1, 28, 28], data=b"\0" * 3))
@@ -30,21 +29,6 @@ def served() -> Iterator[tuple[SentryServer, str]]:
 @pytest.fixture(scope="module")
 def address(served: tuple[SentryServer, str]) -> str:
     return served[1]
-
-
-def streams_ended(running: SentryServer, code: str) -> float:
-    """CheckStream calls the server has finished with ``code``."""
-    labels = {"service": "gradsentry.v1.Reliability", "method": "CheckStream", "code": code}
-    return running.metrics.registry.get_sample_value("gradsentry_requests_total", labels) or 0.0
-
-
-def wait_streams_ended(running: SentryServer, code: str, count: float) -> float:
-    """``streams_ended`` once it reaches ``count`` (the server records a call as it ends
-    it), or after 5 s."""
-    deadline = time.monotonic() + 5
-    while (n := streams_ended(running, code)) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return n
 
 
 def test_clients_call_concurrently_and_only_the_window_counts(address: str) -> None:
@@ -89,13 +73,14 @@ def test_stream_clients_keep_one_stream_each_and_end_it_cleanly(
     served: tuple[SentryServer, str],
 ) -> None:
     running, address = served
-    before = streams_ended(running, "OK")
+    before = calls_ended(running, "CheckStream", "OK")
     out = drive(address, CLIENTS, warmup=0.3, duration=1.5, calls=stream_calls(demo_requests()))
     assert out.errors == 0 and out.error_codes == {}
     assert out.requests > CLIENTS  # many messages per stream...
     assert out.calls_made > out.requests
     # ...on exactly one stream per client, each ended by the client with status OK
-    assert wait_streams_ended(running, "OK", before + CLIENTS) == before + CLIENTS
+    expected = before + CLIENTS
+    assert wait_calls_ended(running, "CheckStream", "OK", expected) == expected
     assert 0 < out.p50_ms <= out.p99_ms
 
 
@@ -103,11 +88,11 @@ def test_a_failed_stream_message_is_an_error_and_the_next_opens_a_new_stream(
     served: tuple[SentryServer, str],
 ) -> None:
     running, address = served
-    before = streams_ended(running, "INVALID_ARGUMENT")
+    before = calls_ended(running, "CheckStream", "INVALID_ARGUMENT")
     out = drive(address, CLIENTS, warmup=0.0, duration=0.5, calls=stream_calls([BAD]))
     assert out.requests > 0
     assert out.error_codes == {"INVALID_ARGUMENT": out.requests} and out.errors == out.requests
     assert out.requests_per_second == 0.0
     # every message failed its own stream: one stream per call made
     expected = before + out.calls_made
-    assert wait_streams_ended(running, "INVALID_ARGUMENT", expected) == expected
+    assert wait_calls_ended(running, "CheckStream", "INVALID_ARGUMENT", expected) == expected

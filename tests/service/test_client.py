@@ -16,6 +16,7 @@ from detectors.sentry import Sentry, Verdicts
 from service import cli
 from service.client import CheckResult, InputError, ReliabilityClient, RequestError
 from service.server import SentryServer
+from tests.servers import calls_ended, wait_calls_ended
 
 N = 4  # sample digits used here
 
@@ -134,15 +135,8 @@ def test_stream_matches_sentry_in_order(
     npy = tmp_path / "s.npy"
     np.save(npy, images[3])
     items = [as_float(images)[0], png_bytes(images[1]), images[2], npy]
-    sent: list[int] = []
-
-    def lazily():
-        for i, item in enumerate(items):
-            sent.append(i)
-            yield item
-
-    results = list(client.check_stream(lazily(), return_features=True))
-    assert len(results) == N and sent == list(range(N))
+    results = list(client.check_stream(iter(items), return_features=True))
+    assert len(results) == N
     ids = {r.request_id.rsplit("/", 1)[0] for r in results}
     assert len(ids) == 1  # one stream
     for i, result in enumerate(results):
@@ -154,7 +148,7 @@ def test_stream_matches_sentry_in_order(
 
 
 def test_stream_errors_name_the_input_after_the_results_before_it(
-    client: ReliabilityClient, images, reference
+    client: ReliabilityClient, images, reference, server: tuple[SentryServer, int]
 ) -> None:
     # An input the client cannot send: the stream ends after the results before it.
     results = []
@@ -172,10 +166,12 @@ def test_stream_errors_name_the_input_after_the_results_before_it(
     assert "stream message 1" in err.value.details and "out of range" in err.value.details
     assert len(results) == 1
     assert_matches(results[0], reference, 0)
-    # A caller that stops early leaves nothing behind: the next stream is served as usual.
+    # A caller that stops early cancels its stream at the server; the next is served.
+    cancelled = calls_ended(server[0], "CheckStream", "CANCELLED")
     stream = client.check_stream(images[i % N] for i in range(1000))
     assert_matches(next(stream), reference, 0)
     stream.close()
+    assert wait_calls_ended(server[0], "CheckStream", "CANCELLED", cancelled + 1) == cancelled + 1
     assert_matches(next(client.check_stream([images[1]])), reference, 1)
 
 
