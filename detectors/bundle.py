@@ -26,28 +26,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 import onnxruntime
-import skl2onnx
-import sklearn
 import torch
-from sklearn.exceptions import NotFittedError
-from sklearn.utils.validation import check_is_fitted
 
 from detectors.detector import (
     STRATEGIES,
     InvalidOnnxHeadError,
     LogTransform,
     OnnxDetector,
-    ReliabilityDetector,
     get_strategy,
-    to_onnx,
 )
 from detectors.detector.kinds import check_kind_list
 from detectors.detector.runtime import Device
+
+if TYPE_CHECKING:
+    from detectors.detector.estimator import ReliabilityDetector
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -165,6 +162,12 @@ def save_bundle(
 
     The bundle is written into a temporary sibling directory and renamed into place.
     """
+    # Saving is the lab's side (scikit-learn, skl2onnx); loading never imports them.
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    from detectors.detector.export import to_onnx
+
     path = Path(path)
     try:
         check_is_fitted(detector, "heads_")
@@ -445,6 +448,9 @@ def _short(fingerprint: str) -> str:
 
 
 def _versions() -> dict[str, str]:
+    import skl2onnx
+    import sklearn
+
     try:
         gradsentry = importlib.metadata.version("gradsentry")
     except importlib.metadata.PackageNotFoundError:  # running from a source tree

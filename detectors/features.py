@@ -26,9 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from detectors.evaluate.baselines.mahalanobis import fit_tied_gaussian, min_class_distance
+from detectors.gaussian import fit_tied_gaussian, min_class_distance
 from detectors.losses import get_loss
 from detectors.probe import GradientProbe
 
@@ -317,7 +316,11 @@ class FeatureExtractor:
         p = next(self.model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
         starts = range(0, len(images), batch_size)
-        for i in tqdm(starts, desc=progress, disable=progress is None, leave=False):
+        if progress is not None:  # a lab run: the bar needs tqdm (the lab extra)
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=progress, leave=False)
+        for i in starts:
             yield torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
 
     def _check_fitted(self) -> None:

@@ -41,6 +41,10 @@ class CheckError(RuntimeError):
     """The check cannot go on (server unreachable, caller refused...): one line, exit 2."""
 
 
+#: The errors ``gradsentry check`` prints as one line with exit code 2.
+USER_ERRORS: tuple[type[Exception], ...] = (CheckError,)
+
+
 @dataclass(frozen=True)
 class DemoInput:
     """One demo input: ``image`` float32 [1, 28, 28] in [0, 1]; ``true_label`` None for OOD."""
@@ -50,13 +54,9 @@ class DemoInput:
     image: np.ndarray
 
 
-def add_parser(sub: argparse._SubParsersAction, name: str = "check") -> None:
-    """Register ``check`` on the ``gradsentry`` subcommand parser."""
-    p = sub.add_parser(
-        name,
-        help="score PNG/JPEG/.npy files (or --demo inputs) on a running sidecar",
-        description=__doc__.split("\n\n")[1].replace("\n", " ").replace("``", ""),
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``gradsentry check``; sets ``run``."""
+    p.description = __doc__.split("\n\n")[1].replace("\n", " ").replace("``", "")
     p.add_argument("files", nargs="*", metavar="FILE", help=".png, .jpg, .jpeg or .npy")
     p.add_argument(
         "--demo",
@@ -156,8 +156,14 @@ def check_files(client: ReliabilityClient, files: Sequence[str]) -> int:
 
 def demo_inputs(per_kind: int = DEMO_PER_KIND, seed: int = DEMO_SEED) -> list[DemoInput]:
     """``per_kind`` inputs of each DEMO_SETS kind, made from the bundled sample digits."""
-    # The library (torch, attacks, corruptions) is only needed here, not for file checks.
-    from detectors.challenges import ChallengeContext, parse_spec
+    # The lab (torch, attacks, corruptions) is only needed here, not for file checks.
+    try:
+        from detectors.challenges import ChallengeContext, parse_spec
+    except ImportError as exc:
+        raise CheckError(
+            f"--demo makes its inputs with the lab extra ({exc.name} is missing): "
+            "pip install 'gradsentry[lab]'"
+        ) from None
     from detectors.demo import ARTIFACTS, load_demo_model
 
     samples = np.load(ARTIFACTS / "samples.npz")

@@ -1,45 +1,42 @@
-"""The ``gradsentry`` console script: library subcommands plus ``serve``, ``check``, ``health``."""
+"""The ``gradsentry`` console script: the library's subcommands plus ``serve``, ``check``
+and ``health``, each imported only when chosen (``detectors.cli.commands``)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
-from detectors.cli.main import USER_ERRORS, build_parser
-from detectors.cli.main import main as run_cli
+from detectors.cli.commands import Command, build_parser, run
+from detectors.cli.main import COMMANDS as LIBRARY_COMMANDS
 from service import transport
-from service.config import ConfigError, load_config
-from service.loader import ModelLoadError
 
 log = logging.getLogger("service.cli")
 
+COMMANDS: dict[str, Command] = {
+    **LIBRARY_COMMANDS,
+    "serve": Command(
+        "service.serve_cli", "run the gRPC sidecar (the bundled demo unless configured)"
+    ),
+    "check": Command(
+        "service.check", "score PNG/JPEG/.npy files (or --demo inputs) on a running sidecar"
+    ),
+    "health": Command(
+        "service.health", "exit 0 only when a sidecar's gRPC health service reports SERVING"
+    ),
+}
 
-def _serve(args: argparse.Namespace) -> int:
-    from service.server import serve  # grpc start-up only when serving
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    log.info("gRPC core experiments: %r", os.environ.get(transport.ENV, ""))
-    serve(load_config(args.config))
-    return 0
+def parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line's parser (``chosen``: the one command given its options)."""
+    return build_parser(COMMANDS, chosen)[0]
 
 
-def parser() -> argparse.ArgumentParser:
-    """The library's parser with ``serve``, ``check`` and ``health`` added."""
-    from service import check, health  # import grpc: see main()
-
-    p = build_parser()
-    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    serve = sub.add_parser(
-        "serve", help="run the gRPC sidecar (the bundled demo unless configured)"
-    )
-    serve.add_argument("--config", metavar="FILE", help="YAML config; GRADSENTRY_* override it")
-    serve.set_defaults(run=_serve)
-    check.add_parser(sub, "check")
-    health.add_parser(sub, "health")
-    return p
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """``argv`` parsed the way the console script parses it (its command's module imported)."""
+    words = list(argv)
+    return parser(words[0] if words else None).parse_args(words)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,9 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before anything imports grpc, which reads its experiments once, at import.
     if words[:1] == ["serve"] and transport.apply_server_defaults() is None:
         log.warning("grpc was imported before serve started: gRPC core keeps its own defaults")
-    from service import check
-
-    return run_cli(words, parser(), (*USER_ERRORS, ConfigError, ModelLoadError, check.CheckError))
+    return run(COMMANDS, words)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from detectors.demo import ARTIFACTS
-from service.models import available_loaders
 from service.spec import InputSpec, SpecError
 
 ENV_PREFIX = "GRADSENTRY_"
@@ -30,6 +29,9 @@ ENV_PREFIX = "GRADSENTRY_"
 ENV_NOT_FIELDS = frozenset({"GRADSENTRY_CONFIG"})
 DEVICES = ("auto", "cpu", "cuda")
 MODEL_WORKERS = ("process", "inline")
+# The model loaders' names (service.models registers them; a test checks the two agree).
+# Named here so that reading a config imports neither torch nor any loader.
+MODEL_FORMATS = ("eager", "torchscript", "mar", "onnx")
 _PATH_FIELDS = (
     "model_path",
     "model_weights",
@@ -174,7 +176,7 @@ class ServerConfig:
             raise ConfigError(f"input: {exc}") from exc
 
     def _check_model_fields(self) -> None:
-        known = ("auto", *available_loaders())
+        known = ("auto", *MODEL_FORMATS)
         if self.model_format not in known:
             raise ConfigError(
                 f"model_format: unknown format {self.model_format!r} (known: {', '.join(known)})"

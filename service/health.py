@@ -112,16 +112,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cert", metavar="FILE", help="PEM client certificate (mutual TLS)")
     p.add_argument("--key", metavar="FILE", help="PEM key of --cert")
     p.add_argument("--server-name", metavar="NAME", help="name to expect in the server certificate")
-
-
-def add_parser(sub: argparse._SubParsersAction, name: str = "health") -> None:
-    """Register ``health`` on the ``gradsentry`` subcommand parser."""
-    p = sub.add_parser(
-        name,
-        help="exit 0 only when a sidecar's gRPC health service reports SERVING",
-        description=__doc__.split("\n\n")[1].replace("\n", " ").replace("``", ""),
-    )
-    add_arguments(p)
     p.set_defaults(run=run)
 
 

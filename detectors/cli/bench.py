@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 
-def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="measure probe cost against a forward pass, vmap and a loop")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of this subcommand; sets ``run``."""
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
     p.set_defaults(run=run)
 

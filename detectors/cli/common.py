@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from detectors.challenges import Challenge, parse_spec
-from detectors.data import load_images
+from detectors.bundle import BundleError
+from detectors.challenges import Challenge, ChallengeError, parse_spec
+from detectors.data import DataError, load_images
 from detectors.models import ModelLoadError, load_eager_model
+from detectors.probe.registry import ProbeError
+
+# ART warns about its own defaults on every attack it builds; they say nothing to a user.
+warnings.filterwarnings("ignore", category=UserWarning, module="art")
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+#: Errors that are the user's to fix, in every library subcommand: one line, exit code 2.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    CliError,
+    DataError,
+    ChallengeError,
+    BundleError,
+    ProbeError,
+)
 
 
 def load_model(entry: str, weights: str | Path | None, device: str = "cpu") -> nn.Module:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from detectors.challenges import parse_spec
-from detectors.cli.common import CliError
+from detectors.cli.common import USER_ERRORS, CliError
 from detectors.demo import ARTIFACTS, load_demo_model
 from detectors.demo.bars import check_bars, format_bars
 from detectors.demo.sets import FIT_CHALLENGES, report_sets
@@ -29,9 +29,11 @@ from detectors.setcache import SetCache
 
 DEFAULT_DATA = Path("../shared/data/mnist10k.npz")
 
+__all__ = ["USER_ERRORS", "add_arguments", "run"]
 
-def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="rebuild or evaluate the bundled MNIST demo")
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of this subcommand; sets ``run``."""
     p.add_argument("action", choices=["build", "report"])
     p.add_argument(
         "--data",

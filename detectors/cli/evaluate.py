@@ -6,14 +6,22 @@ import argparse
 from pathlib import Path
 
 from detectors.challenges import parse_spec
-from detectors.cli.common import CliError, check_input_shape, load_labelled, load_model
+from detectors.cli.common import (
+    USER_ERRORS,
+    CliError,
+    check_input_shape,
+    load_labelled,
+    load_model,
+)
 from detectors.evaluate.run import BASELINES, EvalSet, evaluate
 from detectors.sentry import Sentry
 from detectors.setcache import SetCache
 
+__all__ = ["USER_ERRORS", "add_arguments", "run"]
 
-def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="evaluate a bundle against named challenge sets")
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of this subcommand; sets ``run``."""
     p.add_argument("--bundle", required=True, type=Path)
     p.add_argument("--model", required=True, help="package.module:factory building the classifier")
     p.add_argument("--weights", help="state dict file (loaded with weights_only=True)")

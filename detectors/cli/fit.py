@@ -7,6 +7,7 @@ from pathlib import Path
 
 from detectors.bundle import BundleExistsError
 from detectors.cli.common import (
+    USER_ERRORS,
     CliError,
     check_input_shape,
     load_labelled,
@@ -25,9 +26,11 @@ DEFAULT_CHALLENGES = [
     "ood:source=uniform",
 ]
 
+__all__ = ["USER_ERRORS", "add_arguments", "run"]
 
-def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="fit the detector H and write a bundle")
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of this subcommand; sets ``run``."""
     p.add_argument("--model", required=True, help="package.module:factory building the classifier")
     p.add_argument("--weights", help="state dict file (loaded with weights_only=True)")
     p.add_argument("--data", required=True, help="clean in-distribution data: npz or image folder")

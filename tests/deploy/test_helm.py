@@ -21,7 +21,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from service._proto.gradsentry.v1 import reliability_pb2
-from service.cli import parser as cli_parser
+from service.cli import parse_args
 from service.config import ServerConfig, load_config
 from service.metrics import Metrics
 
@@ -187,7 +187,7 @@ def test_command_and_config_file_are_the_servers(
     release = releases[name]
     container = release.container()
     assert container["command"][:2] == ["gradsentry", "serve"]
-    args = cli_parser().parse_args(container["command"][1:])
+    args = parse_args(container["command"][1:])
     (mount,) = (m for m in container["volumeMounts"] if m["name"] == "config")
     assert args.config == mount["mountPath"] == "/etc/gradsentry/config.yaml"
     assert mount["readOnly"] is True

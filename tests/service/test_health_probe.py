@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service import health as probe
-from service.cli import parser as cli_parser
+from service.cli import parse_args
 
 RELIABILITY = "gradsentry.v1.Reliability"
 
@@ -120,7 +120,7 @@ def test_gradsentry_health_subcommand(health_server: tuple[health.HealthServicer
     """The console script's ``health`` is the same probe."""
     servicer, port = health_server
     servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    args = cli_parser().parse_args(["health", "--target", f"127.0.0.1:{port}"])
+    args = parse_args(["health", "--target", f"127.0.0.1:{port}"])
     assert args.run(args) == 0
     servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     assert args.run(args) == 1

@@ -11,7 +11,6 @@ from typing import Self
 
 import numpy as np
 import torch
-from scipy.spatial.distance import cdist
 from sklearn.exceptions import NotFittedError
 from torch import nn
 
@@ -23,6 +22,7 @@ from detectors.evaluate.baselines.base import (
 )
 from detectors.evaluate.baselines.last_linear import forward_with_head
 from detectors.evaluate.baselines.registry import register
+from detectors.gaussian import fit_tied_gaussian, min_class_distance
 
 
 def penultimate_features(model: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -32,32 +32,6 @@ def penultimate_features(model: nn.Module, images: np.ndarray, batch_size: int) 
         for x in batches(images, batch_size, model_device(model)):
             out.append(forward_with_head(model, x).features.double().cpu().numpy())
     return np.concatenate(out)
-
-
-def fit_tied_gaussian(
-    feats: np.ndarray, labels: np.ndarray, rcond: float | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Class means and a whitening factor of the tied covariance's pseudo-inverse.
-
-    feats: float64 [N, D]; labels: int [N]. Returns (classes int64 [K], means float64
-    [K, D], whitener float64 [D, r]) with Σ⁺ = W Wᵀ over the r directions whose variance
-    exceeds rcond·max (default D·machine epsilon, NumPy's rank rule).
-    """
-    classes, inverse = np.unique(labels, return_inverse=True)
-    means = np.stack([feats[inverse == k].mean(axis=0) for k in range(len(classes))])
-    centred = feats - means[inverse]
-    cov = centred.T @ centred / len(feats)
-    eigval, eigvec = np.linalg.eigh(cov)
-    cut = rcond if rcond is not None else cov.shape[0] * np.finfo(np.float64).eps
-    keep = eigval > cut * max(float(eigval.max()), 0.0)
-    if not keep.any():
-        raise ValueError("the fit features have zero variance; cannot fit a covariance")
-    return classes.astype(np.int64), means, eigvec[:, keep] / np.sqrt(eigval[keep])
-
-
-def min_class_distance(feats: np.ndarray, means: np.ndarray, whitener: np.ndarray) -> np.ndarray:
-    """float64 [N]: Mahalanobis distance of each row of feats [N, D] to its closest mean."""
-    return cdist(feats @ whitener, means @ whitener).min(axis=1)
 
 
 @register("mahalanobis")

@@ -148,3 +148,10 @@ def test_register_loader_refuses_bad_names_and_duplicates() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_loader("onnx")(lambda **options: None)  # type: ignore[arg-type,return-value]
     assert sorted(available_loaders()) == LOADERS  # nothing was added
+
+
+def test_the_config_knows_every_loader_by_name() -> None:
+    """service.config names the formats without importing the loaders; the two must agree."""
+    from service.config import MODEL_FORMATS
+
+    assert sorted(MODEL_FORMATS) == LOADERS
