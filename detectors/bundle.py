@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import onnxruntime
 import torch
 
@@ -448,6 +447,7 @@ def _short(fingerprint: str) -> str:
 
 
 def _versions() -> dict[str, str]:
+    import onnx
     import skl2onnx
     import sklearn
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from detectors.errors import ModelLoadError
 
-class ModelLoadError(ValueError):
-    """The classifier cannot be built or its weights loaded; the message says which."""
+__all__ = ["ModelLoadError", "load_eager_model"]
 
 
 def load_eager_model(

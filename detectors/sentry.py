@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,40 +17,9 @@ from torch import nn
 from detectors.bundle import Bundle, BundleFormatError, load_bundle, model_fingerprint
 from detectors.detector.runtime import Device
 from detectors.features import FeatureExtractor
+from detectors.verdicts import Verdicts
 
-
-@dataclass(frozen=True)
-class Verdicts:
-    """Per-input results for a batch of B inputs.
-
-    logits float32 [B, C]; probabilities float32 [B, C]; score float64 [B] =
-    P(challenging); flagged bool [B] (score ≥ threshold); kind_scores kind -> [B];
-    features float64 [B, F]; timings: seconds per stage for the whole batch — "forward",
-    "backward" (confounding backward + per-layer norms), "statistics" (logit and
-    distance features) and "detector" (H).
-    """
-
-    logits: np.ndarray
-    probabilities: np.ndarray
-    score: np.ndarray
-    flagged: np.ndarray
-    kind_scores: dict[str, np.ndarray]
-    features: np.ndarray
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def predicted(self) -> np.ndarray:
-        """int64 [B]: the classifier's predicted class."""
-        return self.logits.argmax(1)
-
-    @property
-    def kind(self) -> list[str | None]:
-        """Most likely challenge kind per input (None where the detector has no kinds)."""
-        if not self.kind_scores:
-            return [None] * len(self.score)
-        names = list(self.kind_scores)
-        stacked = np.stack([self.kind_scores[k] for k in names], axis=1)
-        return [names[i] for i in stacked.argmax(1)]
+__all__ = ["Sentry", "Verdicts"]
 
 
 class Sentry:

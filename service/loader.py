@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
+from detectors.bundle import BundleError
 from detectors.demo import ARTIFACTS
+from detectors.probe.registry import ProbeError
 from detectors.sentry import Sentry
 from service import models
 from service.config import ServerConfig
@@ -83,7 +85,12 @@ def build_pipeline(config: ServerConfig) -> Pipeline:
     loaded = load_model(config, device)
     if loaded.spec is None:  # loaders return the spec they were given; guard the contract
         raise ModelLoadError(f"{loaded.source}: the loader returned no input spec")
-    sentry = Sentry.load(
-        loaded.model, config.bundle, device="cuda" if device.type == "cuda" else "cpu"
-    )
+    try:
+        sentry = Sentry.load(
+            loaded.model, config.bundle, device="cuda" if device.type == "cuda" else "cpu"
+        )
+    except (BundleError, ProbeError) as exc:
+        # One error type for everything that stops a model from being served, so that the
+        # command line (which must not import torch to catch them) reports it in one line.
+        raise ModelLoadError(str(exc)) from None
     return Pipeline(sentry, loaded.spec, device, config.max_batch_size)

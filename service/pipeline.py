@@ -12,13 +12,17 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from detectors.sentry import Sentry, Verdicts
+from detectors.verdicts import Verdicts
 from service.spec import InputSpec
+
+if TYPE_CHECKING:  # the in-process Pipeline only; the gRPC process never imports torch
+    import torch
+
+    from detectors.sentry import Sentry
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,9 @@ class BasePipeline:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.spec = spec
-        self.device = torch.device(device)
+        # A name ("cpu", "cuda:1"): the pipeline whose model runs in a worker process knows
+        # its device without importing torch.
+        self.device = str(device)
         self.max_batch_size = max_batch_size
         self.min_rows = 1  # set by calibrate()
         self._lock = threading.Lock()
@@ -227,6 +233,8 @@ class Pipeline(BasePipeline):
         self.manifest = sentry.bundle.manifest
 
     def _check(self, batch: np.ndarray) -> Verdicts:
+        import torch  # loaded already: the Sentry holds a torch model
+
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         return self.sentry.check(x)
 

@@ -1,4 +1,8 @@
-"""``gradsentry serve``: start the sidecar from a config file and GRADSENTRY_* variables."""
+"""``gradsentry serve``: start the sidecar from a config file and GRADSENTRY_* variables.
+
+Importing this module is light (no torch, no gRPC): with the model in a worker process the
+worker is started right after the config is read, so that its imports overlap the server's.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,18 @@ import argparse
 import logging
 import os
 
-from detectors.bundle import BundleError
-from detectors.probe.registry import ProbeError
+from detectors.errors import ModelLoadError
 from service import transport
 from service.config import ConfigError, load_config
-from service.loader import ModelLoadError
+from service.worker_launch import prestart
 
 __all__ = ["USER_ERRORS", "add_arguments", "run"]
 
 log = logging.getLogger("service.cli")
 
+
 #: A bad config, model or bundle: one line, exit code 2.
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, ModelLoadError, BundleError, ProbeError)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, ModelLoadError)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,9 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT and the drain are done."""
-    from service.server import serve  # grpc start-up only when serving
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = load_config(args.config)  # light: YAML and the environment
+    if config.model_worker == "process":
+        # The worker's imports (torch, the model, onnxruntime) overlap this process's own.
+        prestart()
+    # gRPC loads only now, and only when serving (torch only with an inline model).
+    from service.server import serve
+
     log.info("gRPC core experiments: %r", os.environ.get(transport.ENV, ""))
-    serve(load_config(args.config))
+    serve(config)
     return 0

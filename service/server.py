@@ -212,6 +212,7 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
             f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
         ) from exc
     on_loop(server.start())
+    log.info("listening on %s:%d (NOT_SERVING until warm-up is done)", config.host, port)
     try:
         pipeline.warm_up()
     except BaseException:

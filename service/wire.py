@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.sentry import Verdicts
+from detectors.verdicts import Verdicts
 
 _HEADER = struct.Struct("<I")  # length of the JSON header in bytes
 _KIND_PREFIX = "kind_scores/"

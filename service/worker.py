@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,17 +30,17 @@ from multiprocessing.connection import Connection
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
-from detectors.sentry import Verdicts
+from detectors.errors import ModelLoadError
+from detectors.verdicts import Verdicts
 from service.config import ServerConfig, build_config
 from service.errors import WorkerError
 from service.event_loop import event_loop
-from service.loader import ModelLoadError, build_pipeline
 from service.loop_reader import LoopReader
 from service.pipeline import BasePipeline, Result, padded_batch
 from service.spec import InputSpec
 from service.wire import pack, pack_verdicts, unpack, unpack_verdicts
+from service.worker_launch import spawn, take_prestarted
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,8 @@ def apply_threads(config: ServerConfig) -> None:
     """``torch_threads`` > 0 fixes torch's intra-op threads (0 keeps torch's default, one
     per core it sees, which in a CPU-limited container oversubscribes the limit)."""
     if config.torch_threads > 0:
+        import torch
+
         torch.set_num_threads(config.torch_threads)
 
 
@@ -61,6 +62,8 @@ def start_pipeline(config: ServerConfig) -> BasePipeline:
     """The pipeline ``config.model_worker`` asks for: in a child process or in this one."""
     if config.model_worker == "process":
         return ProcessPipeline(config)
+    from service.loader import build_pipeline  # torch and the model, in this process
+
     apply_threads(config)
     return build_pipeline(config)
 
@@ -224,27 +227,18 @@ class ProcessPipeline(BasePipeline):
 
     def _start(self) -> dict[str, Any]:
         """Start a child and return its "ready" message; ModelLoadError if it fails."""
-        ours, theirs = socket.socketpair()
-        env = dict(os.environ)
-        # The child imports exactly what this process imports (source tree or install).
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        try:
-            # Started from the launcher thread, whose CPU priority the server leaves as it
-            # was (service.priority): a new worker inherits it.
-            process = self._launcher.submit(
-                subprocess.Popen,
-                [sys.executable, "-m", "service.worker", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                env=env,
-                stdin=subprocess.DEVNULL,
-            ).result()
-        finally:
-            theirs.close()
+        # The first child may have been started early by ``serve`` (its imports overlapping
+        # ours), at the priority this process started with. Later ones are started from the
+        # launcher thread, whose CPU priority the server leaves as it was
+        # (service.priority): a new worker inherits it.
+        process, ours = take_prestarted() or self._launcher.submit(spawn).result()
         conn = Connection(ours.detach())
         try:
             fields = dataclasses.asdict(self._config)
-            if not fields["torch_threads"]:  # the worker computes as this process would
-                fields["torch_threads"] = torch.get_num_threads()
+            # 0: the worker computes as this process would; a process that never loaded
+            # torch (the gRPC server) has torch's default, which the worker gets by itself.
+            if not fields["torch_threads"] and "torch" in sys.modules:
+                fields["torch_threads"] = sys.modules["torch"].get_num_threads()
             conn.send_bytes(pack({"op": "load", "config": fields}))
             if not conn.poll(self._start_timeout):
                 raise ModelLoadError(
@@ -308,6 +302,10 @@ def worker_main(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # torch, the library and onnxruntime load before the "load" message arrives: a worker
+    # started early by ``serve`` imports them while the server imports its own.
+    from service.loader import build_pipeline
+
     try:
         meta, _ = unpack(conn.recv_bytes())
         config = build_config(meta["config"])

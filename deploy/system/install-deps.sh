@@ -3,26 +3,23 @@
 #
 # Each needed command is checked on its own; only the Debian packages that provide the
 # missing ones are installed. A command that is already there is never replaced: a
-# NodeSource `nodejs` (which ships npm itself and conflicts with Debian's `npm`), a Java
-# from elsewhere, a docker-ce `docker`/`dockerd` stay as they are. apt-get runs with
-# --no-remove, so an install that would remove or replace anything stops instead.
+# NodeSource `nodejs` (which ships npm itself and conflicts with Debian's `npm`), a Java or
+# a docker client from elsewhere stay as they are. apt-get runs with --no-remove, so an
+# install that would remove or replace an installed package stops instead.
 #
 # Usage: deploy/system/install-deps.sh [--check]
 #   --check   only report what is missing (exit 1 if anything is); install nothing.
-# Environment:
-#   SYSTEM_DEPS_ROOT  run every check and install inside this root (chroot); for tests.
-#
 # Exit 0 when every command is present afterwards; otherwise one line per missing command,
-# naming it and its package, and exit 2.
+# naming it and its Debian package, and exit 2.
 set -uo pipefail
 
-# command -> Debian package that provides it (the lines below are the whole contract).
-#   prometheus, promtool  metrics tests (a real Prometheus server, rule and metric checks)
+# command -> the Debian package that provides it:
+#   prometheus, promtool  metrics tests (a real Prometheus server; rule and metric checks)
 #   openssl               TLS certificates for the security tests
 #   java                  TorchServe's frontend (side-by-side test)
 #   node, npm             the Grafana dashboard's type-check
 #   docker, dockerd       the container image test
-#   debootstrap           the image's local base and the install test's throwaway root
+#   debootstrap           the image's local base; this script's own test
 NEEDS=(
   "prometheus prometheus"
   "promtool prometheus"
@@ -34,45 +31,30 @@ NEEDS=(
   "dockerd docker.io"
   "debootstrap debootstrap"
 )
+# No special case for npm: a NodeSource node ships its own npm, so npm is only missing
+# beside a Debian node, whose npm package then installs cleanly.
 
-ROOT="${SYSTEM_DEPS_ROOT:-}"
-CHECK_ONLY=0
-[[ "${1:-}" == "--check" ]] && CHECK_ONLY=1
+has() { command -v "$1" >/dev/null 2>&1; }
 
-in_root() {
-  if [[ -n "$ROOT" ]]; then
-    chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-      DEBIAN_FRONTEND=noninteractive "$@"
-  else
-    DEBIAN_FRONTEND=noninteractive "$@"
-  fi
-}
-
-has() { in_root sh -c "command -v '$1'" >/dev/null 2>&1; }
-
-missing_cmds=()
-missing_pkgs=()
-for need in "${NEEDS[@]}"; do
-  read -r cmd pkg <<<"$need"
-  has "$cmd" && continue
-  # No special case for npm: a NodeSource node ships its own npm, so npm is only missing
-  # beside a Debian node, whose npm package then installs cleanly.
-  missing_cmds+=("$cmd")
-  [[ " ${missing_pkgs[*]-} " == *" $pkg "* ]] || missing_pkgs+=("$pkg")
-done
-
-if ((${#missing_cmds[@]} == 0)); then
-  exit 0
-fi
-
-report() {
+report() {  # one line per missing command; $1 is appended to each
+  local need cmd pkg
   for need in "${NEEDS[@]}"; do
     read -r cmd pkg <<<"$need"
     has "$cmd" || echo "system-deps: error: '$cmd' is missing (Debian package $pkg)$1" >&2
   done
 }
 
-if ((CHECK_ONLY)); then
+missing_cmds=()
+missing_pkgs=()
+for need in "${NEEDS[@]}"; do
+  read -r cmd pkg <<<"$need"
+  has "$cmd" && continue
+  missing_cmds+=("$cmd")
+  [[ " ${missing_pkgs[*]-} " == *" $pkg "* ]] || missing_pkgs+=("$pkg")
+done
+((${#missing_cmds[@]} == 0)) && exit 0
+
+if [[ "${1:-}" == "--check" ]]; then
   report ""
   exit 1
 fi
@@ -83,23 +65,14 @@ fi
 
 echo "system-deps: missing ${missing_cmds[*]}; installing ${missing_pkgs[*]}"
 log="$(mktemp)"
-# Java's post-install links need /proc inside a root.
-mounted=0
-if [[ -n "$ROOT" ]] && ! mountpoint -q "$ROOT/proc"; then
-  mount -t proc proc "$ROOT/proc" && mounted=1
-fi
-in_root apt-get update -q >"$log" 2>&1 \
-  && in_root apt-get install -y -q --no-install-recommends --no-remove \
-    -o Dpkg::Options::=--force-confold "${missing_pkgs[@]}" >>"$log" 2>&1
-rc=$?
-((mounted)) && umount "$ROOT/proc"
-if ((rc != 0)); then
-  tail -n 20 "$log" >&2
+export DEBIAN_FRONTEND=noninteractive
+if ! { apt-get update -q && apt-get install -y -q --no-install-recommends --no-remove \
+  -o Dpkg::Options::=--force-confold "${missing_pkgs[@]}"; } >"$log" 2>&1; then
+  tail -n 15 "$log" >&2
 fi
 rm -f "$log"
 report " and could not be installed"
-for need in "${NEEDS[@]}"; do
-  read -r cmd _ <<<"$need"
+for cmd in "${missing_cmds[@]}"; do
   has "$cmd" || exit 2
 done
 echo "system-deps: done"

@@ -14,9 +14,8 @@ whose batch dimension is fixed is checked in batches of that size.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
 import onnxruntime as ort
 import torch
 
@@ -26,12 +25,18 @@ from service.models.onnx_twin import OnnxTwin, convert
 from service.models.registry import LoadedModel, register_loader
 from service.spec import InputSpec, SpecError
 
+if TYPE_CHECKING:
+    import onnx
+
 DEFAULT_TOLERANCE = 1e-4
-_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64"}
+# onnx.TensorProto.FLOAT and DOUBLE (the numbers are fixed by the ONNX standard).
+_DTYPES = {1: "float32", 11: "float64"}
 
 
 def read_model(path: Path) -> onnx.ModelProto:
     """The checked ONNX model at ``path``; any failure is a ModelLoadError."""
+    import onnx  # only when an ONNX model is served (it costs ~1 s of start-up)
+
     if not path.is_file():
         raise ModelLoadError(f"ONNX file not found: {path}")
     try:

@@ -25,16 +25,17 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import torch
 import torch.nn.functional as F
-from onnx import numpy_helper
 from torch import Tensor, nn
 
 from detectors.models import ModelLoadError
+
+if TYPE_CHECKING:  # onnx loads only when an ONNX model is served (it costs ~1 s)
+    import onnx
 
 _SEGMENT = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+)$")
 
@@ -71,7 +72,7 @@ class OnnxTwin(nn.Module):
         return env[self.output_name]
 
 
-Converter = Callable[["_Builder", onnx.NodeProto, int], None]
+Converter = Callable[["_Builder", "onnx.NodeProto", int], None]
 _CONVERTERS: dict[str, Converter] = {}
 
 
@@ -91,6 +92,8 @@ def supported_ops() -> list[str]:
 
 def convert(model: onnx.ModelProto) -> OnnxTwin:
     """Build the eval-mode twin of ``model``; ModelLoadError names anything unsupported."""
+    from onnx import numpy_helper
+
     graph = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     inputs = [i.name for i in graph.input if i.name not in inits]
@@ -221,6 +224,8 @@ class _Builder:
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     """Value name -> tensor rank from ONNX shape inference (empty when inference fails)."""
+    import onnx
+
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # inference is a hint only; BatchNorm then assumes 4-D inputs
@@ -235,6 +240,8 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    import onnx
+
     out: dict[str, Any] = {}
     for attr in node.attribute:
         value = onnx.helper.get_attribute_value(attr)
@@ -616,6 +623,8 @@ def _transpose(b: _Builder, node: onnx.NodeProto, index: int) -> None:
 def _constant(b: _Builder, node: onnx.NodeProto, index: int) -> None:
     a = _attrs(node)
     if "value" in a:
+        from onnx import numpy_helper
+
         value = numpy_helper.to_array(a["value"])
     elif any(k in a for k in ("value_float", "value_floats")):
         value = np.array(a.get("value_float", a.get("value_floats")), dtype=np.float32)

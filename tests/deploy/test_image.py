@@ -357,3 +357,24 @@ def test_container_turns_healthy_serves_checks_and_drains_on_sigterm(
         assert "draining" in docker.run("logs", name).stderr
     finally:
         docker.run("rm", "-f", name, check=False)
+
+
+# The serving image's budget: the CPU torch build is ~0.6 GB of it; the lab (ART, OpenCV,
+# numba, matplotlib, scikit-image, scikit-learn) must stay out.
+IMAGE_BYTES_MAX = 1_000_000_000
+LAB_MODULES = ("art", "matplotlib", "skimage", "cv2", "imagecorruptions", "numba", "sklearn")
+
+
+def test_image_carries_the_serving_install_only(docker: Docker, image: str) -> None:
+    """≤ 1.0 GB, a consistent dependency set (pip check), and none of the lab installed."""
+    size = int(docker.run("image", "inspect", "-f", "{{.Size}}", image).stdout)
+    print(f"image size: {size / 1e9:.2f} GB")
+    assert size <= IMAGE_BYTES_MAX, f"{size / 1e9:.2f} GB"
+    check = docker.run("run", "--rm", "--entrypoint", "pip", image, "check", check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    code = (
+        "import importlib.util as u; "
+        f"print(' '.join(m for m in {LAB_MODULES!r} if u.find_spec(m)))"
+    )
+    found = docker.run("run", "--rm", "--entrypoint", "python", image, "-c", code).stdout
+    assert found.strip() == "", found
