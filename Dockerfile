@@ -21,8 +21,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=igno
 RUN python3.11 -m venv /opt/gradsentry
 COPY build/wheelhouse/ /wheels/
 # requirements.txt is the complete resolved serving set (pyproject's dependencies: no lab,
-# no test tools), hence --no-deps. C++ headers and test binaries of torch are not needed to
-# run it (~145 MB).
+# no test tools), hence --no-deps. The torch wheel there is already slimmed for a server
+# (deploy/docker/wheelhouse.py: no C++ headers or test binaries, stripped libraries); the
+# CUDA variant's torch comes unslimmed from its index, so the same directories go here.
 RUN set -eu; \
     pip=/opt/gradsentry/bin/pip; \
     case "$VARIANT" in \
