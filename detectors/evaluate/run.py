@@ -21,7 +21,7 @@ from detectors.sentry import Sentry
 from detectors.setcache import SetCache
 
 PRIMARY = "gradsentry"
-BASELINES: tuple[str, ...] = ("msp", "odin", "energy", "mahalanobis", "gradnorm")
+BASELINES: tuple[str, ...] = ("msp", "odin", "energy", "mahalanobis", "gradnorm", "knn", "vim")
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,14 @@ def evaluate(
     """Score clean test ``images`` [N, C, H, W] (``labels`` [N]) and every set.
 
     baseline_fit: clean labelled (images, labels) to fit baselines that need fitting
-    (Mahalanobis); without it those baselines are left out.
+    (Mahalanobis, KNN, ViM); without it those baselines are left out.
     """
     model = sentry.extractor.model
     cache = cache or SetCache(None)
     fitted = []
     for name in baselines:
         b = create(name)
-        if name == "mahalanobis":
+        if b.needs_fit:
             if baseline_fit is None:
                 continue
             b.fit(model, *baseline_fit)
