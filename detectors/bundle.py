@@ -37,6 +37,7 @@ from detectors.detector import (
     InvalidOnnxHeadError,
     LogTransform,
     OnnxDetector,
+    attribution,
     get_strategy,
 )
 from detectors.detector.kinds import check_kind_list
@@ -209,6 +210,13 @@ def save_bundle(
         "metrics": _json_object(metrics, "metrics"),
         "versions": _versions(),
     }
+    if attribution.HEAD in heads:
+        # Optional (bundles without it score kinds from the strategy's heads).
+        manifest["attribution"] = {
+            "head": attribution.HEAD,
+            "temperature": float(detector.attribution_temperature_),
+            "heldout_accuracy": float(detector.attribution_accuracy_),
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -268,6 +276,7 @@ def load_bundle(
             manifest["kinds"],
             manifest["threshold"],
             device=device,
+            attribution_temperature=manifest.get("attribution", {}).get("temperature", 1.0),
         )
     except InvalidOnnxHeadError as exc:
         raise BundleCorruptError(f"{path.name}: {exc}") from exc
@@ -334,6 +343,18 @@ def _check_manifest(manifest: object) -> LogTransform:
     except (TypeError, ValueError) as exc:
         raise BundleFormatError(f"manifest is malformed: {exc}") from exc
     expected = get_strategy(manifest["strategy"]).head_names(kinds)
+    if "attribution" in manifest:
+        entry = manifest["attribution"]
+        temperature = entry.get("temperature") if isinstance(entry, dict) else None
+        if (
+            not isinstance(entry, dict)
+            or entry.get("head") != attribution.HEAD
+            or isinstance(temperature, bool)
+            or not isinstance(temperature, int | float)
+            or not (math.isfinite(temperature) and temperature > 0)
+        ):
+            raise bad("attribution", f"{{'head': {attribution.HEAD!r}, 'temperature': > 0, ...}}")
+        expected = [*expected, attribution.HEAD]
     if sorted(manifest["heads"]) != sorted(expected):
         raise BundleFormatError(
             f"manifest heads {sorted(manifest['heads'])} do not match "

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="[NAME=]SPEC",
         help="a challenge set, e.g. pgd=pgd:eps=0.3 or ood:source=skimage_patches",
     )
-    p.add_argument("--baseline-data", help="clean labelled data to fit Mahalanobis on")
+    p.add_argument("--baseline-data", help="clean labelled data to fit Mahalanobis, KNN and ViM on")
     p.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated baselines")
     p.add_argument("--report", required=True, type=Path, help="directory for report.md + roc.png")
     p.add_argument("--json", type=Path, help="machine-readable report path")

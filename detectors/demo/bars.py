@@ -71,6 +71,16 @@ def check_bars(report: dict[str, Any]) -> list[Bar]:
         bars.append(
             Bar(f"{family}: margin over the best baseline ({best})", margin, "> 0", margin > 0)
         )
+    confusion = report.get("kind_confusion")
+    if confusion is not None and confusion["accuracy"] is not None:
+        bars.append(
+            Bar(
+                "kind: flagged inputs of unseen sets attributed to their true family",
+                confusion["accuracy"],
+                ">= 0.90",
+                confusion["accuracy"] >= 0.90,
+            )
+        )
     meta = report["meta"]
     if "clean_false_positive_rate" in meta:
         gap = meta["clean_false_positive_rate"] - meta["target_fpr"]

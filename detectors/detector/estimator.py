@@ -13,6 +13,7 @@ from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
+from detectors.detector import attribution
 from detectors.detector.calibration import (
     MIN_EXPECTED_FALSE_POSITIVES,
     CalibrationWarning,
@@ -39,13 +40,19 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
         log_columns: boolean mask [F] of columns to log-transform (norms); None logs all.
         balance: weight rows so clean and challenge rows, and the kinds among the latter,
             count equally in every head (see ``weights.balanced_weights``).
+        attribution: with two or more kinds, also fit the attribution head
+            (``attribution.HEAD``, kind against kind on challenge rows) that names a flagged
+            input's kind; its temperature is calibrated on held-out challenge rows
+            (``calibration_fraction`` of each kind's rows), then it is refitted on all.
         random_state: seed for the calibration split and the classifiers.
 
     Fitted attributes: ``heads_`` ({head: Pipeline}), ``kinds_`` (fitted challenge kinds in
     canonical order), ``threshold_``, ``calibration_fpr_`` (FPR achieved on the held-out clean
     rows), ``calibration_rows_`` (int64 [n_calibration_], indices into fit's X of those rows,
     sorted), ``n_calibration_``, ``counts_`` ({kind: rows given to fit}), ``n_features_in_``,
-    ``transform_``, ``strategy_``.
+    ``transform_``, ``strategy_``; with attribution also ``attribution_temperature_`` and
+    ``attribution_accuracy_`` (accuracy on the held-out challenge rows, kinds weighted
+    equally), and ``heads_[attribution.HEAD]``.
     """
 
     def __init__(
@@ -56,6 +63,7 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
         calibration_fraction: float = 0.25,
         log_columns: np.ndarray | Sequence[bool] | None = None,
         balance: bool = True,
+        attribution: bool = True,
         random_state: int = 0,
     ) -> None:
         self.classifier = classifier
@@ -64,6 +72,7 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
         self.calibration_fraction = calibration_fraction
         self.log_columns = log_columns
         self.balance = balance
+        self.attribution = attribution
         self.random_state = random_state
 
     def _check_params(self) -> None:
@@ -83,8 +92,9 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
             self.random_state, numbers.Integral
         ):
             raise TypeError(f"random_state must be an integer, got {self.random_state!r}")
-        if not isinstance(self.balance, bool | np.bool_):
-            raise TypeError(f"balance must be a bool, got {self.balance!r}")
+        for name in ("balance", "attribution"):
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
     def fit(self, X: np.ndarray, kinds: Sequence[str] | np.ndarray) -> Self:
         """Fit the heads and calibrate the threshold.
@@ -138,6 +148,8 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
         for head in strategy.head_names(kinds_):
             rows, y = strategy.targets(head, kinds_, fit_kinds)
             heads[head] = self._fit_head(fit_X[rows], y, fit_kinds[rows])
+        if self.attribution and len(kinds_) > 1:
+            heads[attribution.HEAD] = self._fit_attribution(Xt, row_kinds, kinds_, rng)
 
         self.transform_ = transform
         self.strategy_ = strategy
@@ -163,6 +175,30 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
         if not np.array_equal(pipe.classes_, np.arange(len(pipe.classes_))):
             raise RuntimeError(f"head classes {pipe.classes_} are not 0..C-1")
         return pipe
+
+    def _fit_attribution(
+        self,
+        Xt: np.ndarray,
+        row_kinds: np.ndarray,
+        kinds: tuple[str, ...],
+        rng: np.random.Generator,
+    ) -> Pipeline:
+        """Fit the kind-against-kind head on the challenge rows of Xt [N, F] (transformed).
+
+        A first fit leaves ``calibration_fraction`` of each kind's rows out; they set the
+        temperature and measure the held-out accuracy. The head kept is refitted on all the
+        challenge rows (the temperature carries over: same model class, more data).
+        """
+        rows, y = attribution.targets(kinds, row_kinds)
+        X, sub_kinds = Xt[rows], row_kinds[rows]
+        held = attribution.held_out_rows(y, self.calibration_fraction, rng)
+        first = self._fit_head(X[~held], y[~held], sub_kinds[~held])
+        probas = first.predict_proba(X[held])
+        weights = balanced_weights(sub_kinds[held])
+        self.attribution_temperature_ = attribution.fit_temperature(probas, y[held], weights)
+        hits = probas.argmax(axis=1) == y[held]
+        self.attribution_accuracy_ = float(np.sum(weights * hits) / np.sum(weights))
+        return self._fit_head(X, y, sub_kinds)
 
     def _check_ready(self) -> None:
         check_is_fitted(self, "heads_")

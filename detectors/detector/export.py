@@ -50,4 +50,5 @@ def to_onnx_detector(detector: ReliabilityDetector, *, device: Device = "auto") 
         detector.kinds_,
         detector.threshold_,
         device=device,
+        attribution_temperature=getattr(detector, "attribution_temperature_", 1.0),
     )

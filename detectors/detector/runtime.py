@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
+from detectors.detector import attribution
 from detectors.detector.kinds import check_kind_list
 from detectors.detector.scoring import ScoringMixin
 from detectors.detector.strategies import get_strategy
@@ -32,7 +33,8 @@ class OnnxDetector(ScoringMixin):
 
     Args:
         heads: {head name: serialized ONNX model} as produced by ``to_onnx``; the names must be
-            the strategy's heads for ``kinds``.
+            the strategy's heads for ``kinds``, plus optionally the attribution head
+            (``attribution.HEAD``, one probability per kind).
         transform: the numpy transform applied before the graphs.
         strategy: name in ``STRATEGIES``.
         kinds: the fitted challenge kinds.
@@ -41,6 +43,8 @@ class OnnxDetector(ScoringMixin):
             selected by the session, else CPU; "cuda" raises RuntimeError when it is not.
         intra_op_threads: onnxruntime threads per session. H is a tiny model on [B, F]
             inputs, so one thread avoids contention with the classifier's own threads.
+        attribution_temperature: temperature applied to the attribution head's
+            probabilities (> 0; recorded at fit time).
 
     Attributes: ``kinds_``, ``threshold_``, ``transform_``, ``strategy_``, ``n_features_in_``,
     ``providers_`` (providers the sessions really use), ``device_`` ("cuda" or "cpu").
@@ -56,6 +60,7 @@ class OnnxDetector(ScoringMixin):
         *,
         device: Device = "auto",
         intra_op_threads: int = 1,
+        attribution_temperature: float = 1.0,
     ) -> None:
         if not isinstance(transform, LogTransform):
             raise TypeError(f"transform must be a LogTransform, got {type(transform).__name__}")
@@ -65,18 +70,29 @@ class OnnxDetector(ScoringMixin):
             or not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0)
         ):
             raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+        if (
+            isinstance(attribution_temperature, bool)
+            or not isinstance(attribution_temperature, numbers.Real)
+            or not (math.isfinite(attribution_temperature) and attribution_temperature > 0)
+        ):
+            raise ValueError(
+                f"attribution_temperature must be a number > 0, got {attribution_temperature!r}"
+            )
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
         self.strategy_ = get_strategy(strategy)
         self.kinds_ = check_kind_list(kinds)
         expected = self.strategy_.head_names(self.kinds_)
+        if attribution.HEAD in heads and attribution.HEAD not in expected:
+            expected = [*expected, attribution.HEAD]
         if sorted(heads) != sorted(expected):
             raise ValueError(
                 f"strategy {strategy!r} with kinds {list(self.kinds_)} needs heads "
-                f"{expected}, got {sorted(heads)}"
+                f"{expected} (and optionally {attribution.HEAD!r}), got {sorted(heads)}"
             )
         self.transform_ = transform
         self.threshold_ = float(threshold)
+        self.attribution_temperature_ = float(attribution_temperature)
         self._sessions = {
             name: _session(name, heads[name], device, intra_op_threads) for name in expected
         }

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from detectors.detector import attribution
 from detectors.detector.strategies.base import Strategy
 from detectors.detector.transform import LogTransform
 from detectors.detector.validation import check_features
@@ -17,7 +18,9 @@ class DetectorScores:
 
     Attributes:
         probability: P(challenging) float64 [N].
-        kind_scores: {kind: score float64 [N]}; empty for strategies without per-kind heads.
+        kind_scores: {kind: score float64 [N]}: P(kind | challenging) from the attribution
+            head when the detector has one, else the strategy's per-kind scores (empty for
+            the binary strategy).
         flagged: bool [N], probability ≥ threshold.
     """
 
@@ -38,6 +41,8 @@ class ScoringMixin:
     kinds_: tuple[str, ...]
     threshold_: float
     n_features_in_: int
+    #: Temperature of the attribution head's probabilities (used only when it exists).
+    attribution_temperature_: float = 1.0
 
     def _check_ready(self) -> None:
         """Raise if the detector cannot score yet (default: always ready)."""
@@ -48,13 +53,22 @@ class ScoringMixin:
 
     def _combine(self, Xt: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         probas = self._head_probas(Xt)
+        kind_probas = probas.pop(attribution.HEAD, None)
         for head, p in probas.items():
             expected = (len(Xt), self.strategy_.n_classes(head, self.kinds_))
             if p.shape != expected:
                 raise RuntimeError(
                     f"head {head!r} returned probabilities of shape {p.shape}, expected {expected}"
                 )
-        return self.strategy_.combine(probas, self.kinds_)
+        probability, kinds = self.strategy_.combine(probas, self.kinds_)
+        if kind_probas is not None:
+            if kind_probas.shape != (len(Xt), len(self.kinds_)):
+                raise RuntimeError(
+                    f"head {attribution.HEAD!r} returned probabilities of shape "
+                    f"{kind_probas.shape}, expected {(len(Xt), len(self.kinds_))}"
+                )
+            kinds = attribution.kind_scores(kind_probas, self.kinds_, self.attribution_temperature_)
+        return probability, kinds
 
     def scores(self, X: np.ndarray) -> DetectorScores:
         """Score features float [N, F] (raw, before the log transform) in one pass."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from detectors.evaluate.report import GroupMean, Report, SetResult
+    from detectors.evaluate.report import GroupMean, KindConfusion, Report, SetResult
 
 _FAMILY_TITLES = {
     "adversarial": "Adversarial",
@@ -62,6 +62,31 @@ def _set_row(r: SetResult, report: Report) -> list[str]:
     ]
 
 
+def _confusion_lines(conf: KindConfusion, primary: str) -> list[str]:
+    """The kind-attribution section: attributed kind vs true family, flagged inputs only."""
+    kinds = sorted({k for row in conf.counts.values() for k in row} | set(conf.counts))
+    rows = []
+    for family, row in conf.counts.items():
+        n = sum(row.values())
+        rows.append(
+            [
+                _cell(family),
+                str(n),
+                *(str(row.get(k, 0)) for k in kinds),
+                _pct(conf.family_accuracy(family)),
+            ]
+        )
+    return [
+        "## Kind attribution on unseen sets",
+        "",
+        f"Flagged inputs of the {len(conf.sets)} unseen sets, by true family (rows) and the "
+        f"kind {primary} names (columns): {conf.n_flagged} inputs, "
+        f"{_pct(conf.accuracy)}% attributed to their true family.",
+        "",
+        *_table(["True family", "Flagged", *kinds, "Right %"], rows),
+    ]
+
+
 def render_markdown(report: Report, *, roc_image: str | None = "roc.png") -> str:
     """The report as a markdown document; ``roc_image`` is linked if given."""
     methods = report.methods
@@ -94,6 +119,8 @@ def render_markdown(report: Report, *, roc_image: str | None = "roc.png") -> str
         lines.append("_Every set was seen when the detector was fitted._")
     if roc_image is not None:
         lines += ["", f"![ROC curves per family]({roc_image})"]
+    if report.kind_confusion is not None:
+        lines += ["", *_confusion_lines(report.kind_confusion, report.primary)]
 
     header = [
         "Set",

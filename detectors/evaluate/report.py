@@ -78,6 +78,9 @@ class SetScores:
         scores: method name -> float [n], higher = more likely challenging.
         wrong: bool [n], True where the classifier's prediction is wrong; None for OOD.
         accuracy: classifier accuracy on the set in [0, 1]; None for OOD.
+        flagged: bool [n], the primary method's verdict at its threshold (optional).
+        kinds: str [n], the kind the primary method attributes to each input (optional;
+            given with ``flagged``).
     """
 
     name: str
@@ -86,6 +89,8 @@ class SetScores:
     scores: dict[str, np.ndarray]
     wrong: np.ndarray | None
     accuracy: float | None
+    flagged: np.ndarray | None = None
+    kinds: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -97,6 +102,15 @@ class SetScores:
             raise ValueError(f"{what}: seen must be a bool, got {self.seen!r}")
         self.seen = bool(self.seen)
         self.scores = _score_dict(self.scores, what)
+        if (self.flagged is None) != (self.kinds is None):
+            raise ValueError(f"{what}: give flagged and kinds together, or neither")
+        if self.flagged is not None:
+            flagged, kinds = np.asarray(self.flagged), np.asarray(self.kinds, dtype=object)
+            if flagged.dtype != np.bool_ or flagged.shape != (self.n,):
+                raise ValueError(f"{what}: flagged must be a bool array of shape ({self.n},)")
+            if kinds.shape != (self.n,):
+                raise ValueError(f"{what}: kinds must have shape ({self.n},)")
+            self.flagged, self.kinds = flagged, kinds
         if self.family == "ood":
             if self.wrong is not None or self.accuracy is not None:
                 raise ValueError(
@@ -185,6 +199,63 @@ class GroupMean:
 
 
 @dataclass(frozen=True)
+class KindConfusion:
+    """Attributed kind against true family, over the flagged inputs of the unseen sets.
+
+    Attributes:
+        counts: true family -> attributed kind -> number of flagged inputs (every family
+            with flagged inputs; attributed kinds as the detector names them, "none" when
+            it names none).
+        sets: the unseen sets counted.
+    """
+
+    counts: dict[str, dict[str, int]]
+    sets: tuple[str, ...]
+
+    @property
+    def n_flagged(self) -> int:
+        """Flagged inputs counted."""
+        return sum(sum(row.values()) for row in self.counts.values())
+
+    @property
+    def accuracy(self) -> float | None:
+        """Share of the flagged inputs attributed to their true family (None if none)."""
+        n = self.n_flagged
+        hits = sum(row.get(family, 0) for family, row in self.counts.items())
+        return None if n == 0 else hits / n
+
+    def family_accuracy(self, family: str) -> float | None:
+        """Share of ``family``'s flagged inputs attributed to it (None if none flagged)."""
+        row = self.counts.get(family, {})
+        n = sum(row.values())
+        return None if n == 0 else row.get(family, 0) / n
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "sets": list(self.sets),
+            "counts": self.counts,
+            "n_flagged": self.n_flagged,
+            "accuracy": self.accuracy,
+            "family_accuracy": {f: self.family_accuracy(f) for f in self.counts},
+        }
+
+
+def _kind_confusion(sets: list[SetScores]) -> KindConfusion | None:
+    """The confusion over unseen sets that carry attributed kinds (None if there are none)."""
+    counted = [s for s in sets if not s.seen and s.kinds is not None]
+    if not counted:
+        return None
+    counts: dict[str, dict[str, int]] = {}
+    for s in counted:
+        row = counts.setdefault(s.family, {})
+        for kind in s.kinds[s.flagged]:
+            key = "none" if kind is None else str(kind)
+            row[key] = row.get(key, 0) + 1
+    return KindConfusion(counts=counts, sets=tuple(s.name for s in counted))
+
+
+@dataclass(frozen=True)
 class RocCurve:
     """One ROC curve: fpr, tpr float64 [m] (increasing), and its AUROC."""
 
@@ -229,6 +300,8 @@ class Report:
         unseen_harmful: mean over unseen sets that are OOD or drop accuracy below
             ``harmful_accuracy`` (None if there are none).
         harmful_accuracy: the accuracy threshold used for "harmful".
+        kind_confusion: attributed kind vs true family on unseen sets' flagged inputs
+            (None when no set carries attributed kinds).
         curves: ROC curves for the plot.
     """
 
@@ -242,6 +315,7 @@ class Report:
     unseen: GroupMean | None
     unseen_harmful: GroupMean | None
     harmful_accuracy: float = HARMFUL_ACCURACY
+    kind_confusion: KindConfusion | None = None
     curves: ReportCurves = field(default_factory=lambda: ReportCurves({}, {}), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -260,6 +334,9 @@ class Report:
             "unseen_harmful": None
             if self.unseen_harmful is None
             else self.unseen_harmful.to_dict(),
+            "kind_confusion": None
+            if self.kind_confusion is None
+            else self.kind_confusion.to_dict(),
         }
 
     def to_json(self) -> str:
@@ -400,6 +477,7 @@ def build_report(
         unseen=_group(unseen),
         unseen_harmful=_group([r for r in unseen if r.harmful]),
         harmful_accuracy=threshold,
+        kind_confusion=_kind_confusion(sets),
         curves=curves,
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -21,7 +22,14 @@ from detectors.sentry import Sentry
 from detectors.setcache import SetCache
 
 PRIMARY = "gradsentry"
-BASELINES: tuple[str, ...] = ("msp", "odin", "energy", "mahalanobis", "gradnorm")
+BASELINES: tuple[str, ...] = ("msp", "odin", "energy", "mahalanobis", "gradnorm", "knn", "vim")
+
+
+class Verdict(NamedTuple):
+    """The primary method's verdicts on one set: flagged bool [n], kinds object [n]."""
+
+    flagged: np.ndarray
+    kinds: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -49,34 +57,37 @@ def evaluate(
     """Score clean test ``images`` [N, C, H, W] (``labels`` [N]) and every set.
 
     baseline_fit: clean labelled (images, labels) to fit baselines that need fitting
-    (Mahalanobis); without it those baselines are left out.
+    (Mahalanobis, KNN, ViM); without it those baselines are left out.
     """
     model = sentry.extractor.model
     cache = cache or SetCache(None)
     fitted = []
     for name in baselines:
         b = create(name)
-        if name == "mahalanobis":
+        if b.needs_fit:
             if baseline_fit is None:
                 continue
             b.fit(model, *baseline_fit)
         fitted.append((name, b))
     seen_specs = {c["spec"] for c in sentry.bundle.manifest["fit_summary"].get("challenges", [])}
 
-    def score_all(x: np.ndarray, what: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        scores, preds = [], []
+    def score_all(x: np.ndarray, what: str) -> tuple[dict[str, np.ndarray], np.ndarray, Verdict]:
+        scores, preds, flagged, kinds = [], [], [], []
         chunks = batches(x, batch_size, model_device(model))
         total = -(-len(x) // batch_size)
         for chunk in tqdm(chunks, total=total, desc=what, disable=not progress, leave=False):
             out = sentry.check(chunk)
             scores.append(out.score)
             preds.append(out.predicted)
+            flagged.append(out.flagged)
+            kinds += out.kind
         result = {PRIMARY: np.concatenate(scores)}
         for name, b in fitted:
             result[name] = b.score(model, x, batch_size=batch_size)
-        return result, np.concatenate(preds)
+        verdict = Verdict(np.concatenate(flagged), np.array(kinds, dtype=object))
+        return result, np.concatenate(preds), verdict
 
-    clean_scores, clean_pred = score_all(images, "clean")
+    clean_scores, clean_pred, _ = score_all(images, "clean")
     clean = CleanScores(clean_scores, float((clean_pred == labels).mean()))
     # The operating point users get: how often clean inputs are flagged at the threshold.
     meta = {
@@ -88,7 +99,7 @@ def evaluate(
     results = []
     for i, s in enumerate(sets):
         made = cache.generate(s.challenge, model, images, labels, seed=seed + i, progress=progress)
-        scores, pred = score_all(made, s.name)
+        scores, pred, verdict = score_all(made, s.name)
         is_ood = s.challenge.kind == "ood"
         wrong = None if is_ood else pred != labels
         results.append(
@@ -99,6 +110,8 @@ def evaluate(
                 scores=scores,
                 wrong=wrong,
                 accuracy=None if is_ood else float(1 - wrong.mean()),
+                flagged=verdict.flagged,
+                kinds=verdict.kinds,
             )
         )
     return build_report(clean, results, primary=PRIMARY, meta=meta)

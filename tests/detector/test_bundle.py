@@ -91,6 +91,7 @@ def test_round_trip_gives_identical_scores(
     assert sorted(p.name for p in path.iterdir()) == [
         "adversarial.onnx",
         "corrupted.onnx",
+        "kind.onnx",
         "manifest.json",
         "ood.onnx",
     ]
@@ -108,6 +109,8 @@ def test_round_trip_gives_identical_scores(
     m = bundle.manifest
     assert set(REQUIRED_FIELDS) <= set(m) and m["format_version"] == FORMAT_VERSION
     assert m["kinds"] == ["adversarial", "ood", "corrupted"]
+    assert m["attribution"]["head"] == "kind"
+    assert m["attribution"]["temperature"] == det.attribution_temperature_
     assert (m["strategy"], m["classifier"], m["loss"]) == ("per_kind", "logistic", "all_ones")
     assert m["threshold"] == det.threshold_ and m["target_fpr"] == 0.05
     assert m["calibration_fpr"] == det.calibration_fpr_
@@ -270,7 +273,11 @@ def test_overwrite_is_refused_and_the_old_bundle_left_intact(
 def test_overwrite_replaces_the_whole_bundle(tmp_path: Path, save: Any, fitted: Fitted) -> None:
     path = save(tmp_path / "b")
     save(path, fitted["mlp", "binary"], overwrite=True)
-    assert sorted(p.name for p in path.iterdir()) == ["challenge.onnx", "manifest.json"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "challenge.onnx",
+        "kind.onnx",
+        "manifest.json",
+    ]
     assert load_bundle(path).manifest["strategy"] == "binary"
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
 

@@ -40,20 +40,51 @@ def test_fit_predict_every_combination(
     assert roc_auc_score(kinds != "clean", p) > 0.7
     assert flagged[kinds != "clean"].mean() > 3 * flagged[kinds == "clean"].mean()
 
+    # Kinds come from the attribution head, whatever the strategy: P(kind | challenging).
     per_kind = det.kind_scores(X)
+    assert set(per_kind) == set(KINDS)
+    stacked = np.stack([per_kind[k] for k in KINDS], axis=1)
+    np.testing.assert_allclose(stacked.sum(axis=1), 1.0, rtol=1e-12)
+    # The highest kind score names the right kind far more often than chance (1/3).
+    challenge = kinds != "clean"
+    predicted = np.array(KINDS)[stacked[challenge].argmax(axis=1)]
+    assert (predicted == kinds[challenge]).mean() > 0.6
+    assert 0.6 < det.attribution_accuracy_ <= 1.0 and det.attribution_temperature_ > 0
+
+
+@pytest.mark.parametrize("strategy", ["binary", "multiclass", "per_kind"])
+def test_without_attribution_kinds_come_from_the_strategy(
+    train_set: Data, fresh_set: Data, strategy: str
+) -> None:
+    det = ReliabilityDetector(strategy=strategy, log_columns=LOG_COLUMNS, attribution=False)
+    X = fresh_set[0]
+    per_kind = det.fit(*train_set).kind_scores(X)
+    assert "kind" not in det.heads_
+    p = det.predict_proba(X)
     if strategy == "binary":
         assert per_kind == {}
+    elif strategy == "per_kind":
+        np.testing.assert_array_equal(p, stacked_all(per_kind))
     else:
-        assert set(per_kind) == set(KINDS)
-        # The highest kind score names the right kind far more often than chance (1/3).
-        challenge = kinds != "clean"
-        stacked = np.stack([per_kind[k] for k in KINDS], axis=1)[challenge]
-        predicted = np.array(KINDS)[stacked.argmax(axis=1)]
-        assert (predicted == kinds[challenge]).mean() > 0.6
-        if strategy == "per_kind":
-            np.testing.assert_array_equal(p, stacked_all(per_kind))
-        else:
-            assert np.all(stacked_all(per_kind) <= p + 1e-12)  # P(kind) ≤ 1 − P(clean)
+        assert np.all(stacked_all(per_kind) <= p + 1e-12)  # P(kind) ≤ 1 − P(clean)
+
+
+def test_attribution_beats_the_detection_heads_at_naming_kinds(
+    fitted: dict[tuple[str, str], ReliabilityDetector], train_set: Data, fresh_set: Data
+) -> None:
+    # Kind against kind is what attribution is trained for; the per-kind heads only
+    # ever saw clean against one kind.
+    X, kinds = fresh_set
+    challenge = kinds != "clean"
+    attributed = fitted["logistic", "per_kind"]
+    heads_only = clone(attributed).set_params(attribution=False).fit(*train_set)
+
+    def accuracy(det: ReliabilityDetector) -> float:
+        per_kind = det.kind_scores(X[challenge])
+        stacked = np.stack([per_kind[k] for k in KINDS], axis=1)
+        return float((np.array(KINDS)[stacked.argmax(axis=1)] == kinds[challenge]).mean())
+
+    assert accuracy(attributed) > accuracy(heads_only)
 
 
 def stacked_all(per_kind: dict[str, np.ndarray]) -> np.ndarray:
@@ -61,9 +92,10 @@ def stacked_all(per_kind: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def test_heads_follow_the_strategy(fitted: dict[tuple[str, str], ReliabilityDetector]) -> None:
-    assert list(fitted["logistic", "binary"].heads_) == ["challenge"]
-    assert list(fitted["logistic", "multiclass"].heads_) == ["multiclass"]
-    assert list(fitted["logistic", "per_kind"].heads_) == list(KINDS)
+    assert list(fitted["logistic", "binary"].heads_) == ["challenge", "kind"]
+    assert list(fitted["logistic", "multiclass"].heads_) == ["multiclass", "kind"]
+    assert list(fitted["logistic", "per_kind"].heads_) == [*KINDS, "kind"]
+    assert list(fitted["logistic", "binary"].heads_["kind"].classes_) == [0, 1, 2]
     assert list(fitted["logistic", "multiclass"].heads_["multiclass"].classes_) == [0, 1, 2, 3]
 
 

@@ -30,7 +30,14 @@ def test_onnx_scores_equal_sklearn_scores(
     for data in heads.values():
         model = onnx.load_model_from_string(data)
         assert [o.name for o in model.graph.output] == ["label", "probabilities"]  # no ZipMap
-    twin = OnnxDetector(heads, det.transform_, strategy, det.kinds_, det.threshold_)
+    twin = OnnxDetector(
+        heads,
+        det.transform_,
+        strategy,
+        det.kinds_,
+        det.threshold_,
+        attribution_temperature=det.attribution_temperature_,
+    )
 
     X = fresh_set[0]
     p_sk, p_ox = det.predict_proba(X), twin.predict_proba(X)

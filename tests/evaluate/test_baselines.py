@@ -13,18 +13,21 @@ from torch import nn
 
 from detectors.demo.model import MnistCNN
 from detectors.evaluate.baselines import (
+    KNN,
     Baseline,
     GradNorm,
     Mahalanobis,
     Odin,
+    ViM,
     available,
     create,
     get,
     register,
 )
+from detectors.evaluate.baselines.knn import default_k
 from detectors.evaluate.metrics import detection_metrics
 
-EXPECTED = {"energy", "gradnorm", "mahalanobis", "msp", "odin"}
+EXPECTED = {"energy", "gradnorm", "knn", "mahalanobis", "msp", "odin", "vim"}
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +106,12 @@ def test_contract(
     assert scores.shape == (64,) and scores.dtype == np.float64
     assert np.isfinite(scores).all()
     assert np.ptp(scores) > 0  # a real score, not a constant
-    # Per-sample: the batch an image is scored in does not matter.
-    np.testing.assert_allclose(small_batches, scores[:20], rtol=1e-5, atol=1e-7)
+    # Per-sample: the batch an image is scored in does not matter. float32 convolutions
+    # round differently per batch size (~1e-6 relative); scores that are differences of
+    # large terms (ViM: virtual logit − logsumexp) keep that error relative to the terms,
+    # hence an absolute part scaled by the largest score.
+    atol = 1e-5 * float(np.abs(scores).max())
+    np.testing.assert_allclose(small_batches, scores[:20], rtol=1e-5, atol=atol)
     # The model is left exactly as it was.
     assert not digits_model.training
     assert all(p.grad is None for p in digits_model.parameters())
@@ -308,11 +315,16 @@ def test_head_based_baselines_need_a_linear_head(
         Mahalanobis().fit(conv_only, x, y)
     with pytest.raises(ValueError, match=r"no nn\.Linear"):
         GradNorm().score(conv_only, x)
+    for feature_space in (KNN(k=2), ViM()):
+        with pytest.raises(ValueError, match=r"no nn\.Linear"):
+            feature_space.fit(conv_only, x, y)
     assert create("msp").score(conv_only, x).shape == (8,)  # output-only scores still work
 
     scaled = _Scaled(copy.deepcopy(digits_model)).eval()
     with pytest.raises(ValueError, match=r"output of its last nn\.Linear"):
         GradNorm().score(scaled, x)
+    with pytest.raises(ValueError, match=r"output of its last nn\.Linear"):
+        ViM().fit(scaled, x, y)
 
 
 def test_invalid_hyperparameters(digits_model: MnistCNN, data: dict[str, np.ndarray]) -> None:
@@ -323,3 +335,84 @@ def test_invalid_hyperparameters(digits_model: MnistCNN, data: dict[str, np.ndar
         Odin(epsilon=-0.1).score(digits_model, x)
     with pytest.raises(ValueError, match="temperature must be a finite number"):
         GradNorm(temperature=float("nan")).score(digits_model, x)
+
+
+# --- KNN and ViM on hand-checkable features ---------------------------------------------
+
+
+def _linear_probe(weight: list[list[float]], bias: list[float]) -> nn.Module:
+    """A model whose penultimate features are its input: Flatten then one Linear."""
+    head = nn.Linear(len(weight[0]), len(weight))
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor(weight))
+        head.bias.copy_(torch.tensor(bias))
+    return nn.Sequential(nn.Flatten(), head).eval()
+
+
+def _points(rows: list[list[float]]) -> np.ndarray:
+    """Feature vectors [N, D] as images [N, 1, 1, D]."""
+    return np.array(rows, dtype=np.float32)[:, None, None, :]
+
+
+def test_knn_on_points_of_the_unit_circle() -> None:
+    # Fit features at 0°, 90°, 180° and 270° with different lengths: normalisation puts
+    # them on the unit circle. A query at 45° is 2·sin(22.5°) from its two nearest
+    # neighbours and 2·sin(67.5°) from the other two; one at 0° is 0, √2, √2, 2 away.
+    model = _linear_probe([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [0.0, 0.0, 0.0])
+    fit = _points([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0], [0.0, -0.5]])
+    labels = np.zeros(4, dtype=np.int64)
+    query = _points([[2.0, 2.0], [5.0, 0.0]])
+    near, far = 2 * np.sin(np.pi / 8), 2 * np.sin(3 * np.pi / 8)
+    expected = {
+        1: [near, 0.0],
+        2: [near, np.sqrt(2)],
+        3: [far, np.sqrt(2)],
+        4: [far, 2.0],
+    }
+    for k, want in expected.items():
+        got = KNN(k=k).fit(model, fit, labels).score(model, query)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)  # float32 features
+
+
+def test_knn_k_follows_the_paper_and_is_checked(
+    digits_model: MnistCNN, data: dict[str, np.ndarray]
+) -> None:
+    # k = 50 on CIFAR-10's 50,000 training images, in proportion below and above.
+    assert [default_k(n) for n in (300, 6000, 50_000, 1_281_167)] == [1, 6, 50, 1281]
+    assert KNN().fit(digits_model, data["fit_x"], data["fit_y"]).k_ == 1
+    with pytest.raises(ValueError, match="at least 50 fit images"):
+        KNN(k=50).fit(digits_model, data["fit_x"][:10], data["fit_y"][:10])
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        KNN(k=0).fit(digits_model, data["fit_x"][:10], data["fit_y"][:10])
+    with pytest.raises(NotFittedError, match="call fit"):
+        KNN().score(digits_model, data["clean"][:2])
+
+
+def test_vim_on_a_hand_checkable_subspace() -> None:
+    # W = [[1,0,0],[0,1,0]], b = (1,-2): the origin o = -W⁺b = (-1, 2, 0), and the logits
+    # of o + v are (v₁, v₂). The centred fit features (±3,0,+.5), (0,±3,-.5) have an
+    # axis-aligned covariance diag(4.5, 4.5, .25): with d = 2 the residual is the third
+    # axis, every residual norm is .5, the max logits are 3, 0, 3, 0, so α = 1.5/.5 = 3.
+    # A query o + (1, 0, 2) scores 3·2 − log(e¹ + e⁰); o itself scores 0 − log 2.
+    model = _linear_probe([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [1.0, -2.0])
+    origin = np.array([-1.0, 2.0, 0.0])
+    centred = [[3, 0, 0.5], [-3, 0, 0.5], [0, 3, -0.5], [0, -3, -0.5]]
+    fit = _points((origin + np.array(centred)).tolist())
+    vim = ViM(dim=2).fit(model, fit, np.zeros(4, dtype=np.int64))
+    np.testing.assert_allclose(vim.origin_, origin, atol=1e-6)
+    assert vim.alpha_ == pytest.approx(3.0, rel=1e-6)
+    query = _points([(origin + np.array([1.0, 0.0, 2.0])).tolist(), origin.tolist()])
+    np.testing.assert_allclose(
+        vim.score(model, query), [6.0 - np.log(np.e + 1.0), -np.log(2.0)], rtol=0, atol=1e-5
+    )
+
+
+def test_vim_principal_dimension(digits_model: MnistCNN, data: dict[str, np.ndarray]) -> None:
+    # The reference code's rule; the digits CNN's penultimate layer is 128 wide.
+    assert [ViM.default_dim(d) for d in (128, 512, 768, 2048)] == [64, 256, 512, 1000]
+    fitted = ViM().fit(digits_model, data["fit_x"], data["fit_y"])
+    assert fitted.residual_.shape == (128, 64)
+    with pytest.raises(ValueError, match=r"dim must be an integer in \[1, 127\]"):
+        ViM(dim=128).fit(digits_model, data["fit_x"], data["fit_y"])
+    with pytest.raises(NotFittedError, match="call fit"):
+        ViM().score(digits_model, data["clean"][:2])

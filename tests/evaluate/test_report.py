@@ -267,3 +267,36 @@ def test_clean_scores_validation() -> None:
         CleanScores({"gradsentry": CLEAN}, accuracy=-0.1)
     with pytest.raises(ValueError, match="non-empty 1-D"):
         CleanScores({"gradsentry": np.array([])}, accuracy=1.0)
+
+
+def test_kind_confusion_counts_flagged_inputs_of_unseen_sets(tmp_path: Path) -> None:
+    clean, sets = _hand_made()
+    # "above" is seen: its kinds are left out. Of "below", only the flagged second input
+    # counts (attributed "corrupted": wrong); of "ood_far", all three are flagged, two
+    # attributed "ood" (right) and one "adversarial".
+    sets[0].flagged, sets[0].kinds = np.array([True, True]), np.array(["ood", "ood"], object)
+    sets[1].flagged = np.array([False, True])
+    sets[1].kinds = np.array(["adversarial", "corrupted"], object)
+    sets[2].flagged = np.array([True, True, True])
+    sets[2].kinds = np.array(["ood", "adversarial", "ood"], object)
+    report = build_report(clean, sets)
+    conf = report.kind_confusion
+    assert conf is not None and conf.sets == ("below", "ood_far")
+    assert conf.counts == {"adversarial": {"corrupted": 1}, "ood": {"ood": 2, "adversarial": 1}}
+    assert conf.n_flagged == 4 and conf.accuracy == pytest.approx(2 / 4)
+    assert conf.family_accuracy("adversarial") == 0.0
+    assert conf.family_accuracy("ood") == pytest.approx(2 / 3)
+    doc = report.to_dict()["kind_confusion"]
+    assert doc["accuracy"] == pytest.approx(0.5) and doc["n_flagged"] == 4
+    markdown = report.write(tmp_path).markdown.read_text()
+    assert "## Kind attribution on unseen sets" in markdown
+    assert "| ood | 3 | 1 | 0 | 2 | 66.7 |" in markdown  # adversarial, corrupted, ood columns
+
+
+def test_kind_confusion_is_absent_without_kinds_and_checks_shapes() -> None:
+    clean, sets = _hand_made()
+    assert build_report(clean, sets).kind_confusion is None
+    with pytest.raises(ValueError, match="flagged and kinds together"):
+        SetScores("x", "ood", False, {"gradsentry": CLEAN}, None, None, flagged=CLEAN > 1)
+    with pytest.raises(ValueError, match="flagged must be a bool array"):
+        SetScores("x", "ood", False, {"gradsentry": CLEAN}, None, None, CLEAN, CLEAN)

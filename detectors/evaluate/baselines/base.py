@@ -28,6 +28,8 @@ class Baseline:
     """
 
     name: ClassVar[str] = ""
+    #: True when ``score`` needs ``fit`` on clean labelled data first (feature-space scores).
+    needs_fit: ClassVar[bool] = False
 
     def fit(
         self,

@@ -52,6 +52,8 @@ class Mahalanobis(Baseline):
         whitener_: float64 [D, r], r = rank kept.
     """
 
+    needs_fit = True
+
     def __init__(self, rcond: float | None = None) -> None:
         self.rcond = rcond
 
