@@ -20,6 +20,7 @@ import asyncio
 import logging
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -32,14 +33,15 @@ from prometheus_client import CollectorRegistry
 
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
+from service.admission import AdmissionInterceptor, Limits
 from service.batcher import Batcher
 from service.config import ServerConfig, load_config
 from service.event_loop import event_loop, on_loop
-from service.interceptors import ErrorInterceptor, MetricsInterceptor
+from service.interceptors import DecodeInterceptor, ErrorInterceptor, MetricsInterceptor
 from service.metrics import Metrics, MetricsHTTPServer, model_info
 from service.priority import lower_threads
+from service.security import OPEN_SERVICES, server_credentials
 from service.security import interceptors as security_interceptors
-from service.security import server_credentials
 from service.servicer import ReliabilityServicer
 from service.worker import ProcessPipeline, start_pipeline
 
@@ -48,6 +50,10 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reliability"].full_name
 HEALTH_NAMES = ("", SERVICE_NAME)
 DRAIN_POLL_SECONDS = 0.01
+# The drain stops gRPC only once no call has come in for this long: gRPC cancels calls it
+# has received but not yet handed over when it stops, and every call that comes in while
+# draining is answered (UNAVAILABLE) within milliseconds.
+DRAIN_QUIET_SECONDS = 0.25
 
 
 class BindError(RuntimeError):
@@ -62,6 +68,7 @@ class SentryServer:
         grpc_server: grpc.aio.Server,
         health: health_aio.HealthServicer,
         servicer: ReliabilityServicer,
+        admission: AdmissionInterceptor,
         port: int,
         metrics: Metrics | None = None,
         metrics_http: MetricsHTTPServer | None = None,
@@ -69,6 +76,7 @@ class SentryServer:
         self.grpc_server = grpc_server
         self.health = health
         self.servicer = servicer
+        self.admission = admission
         self.port = port
         self.metrics = metrics
         self.metrics_http = metrics_http
@@ -82,10 +90,10 @@ class SentryServer:
         return None if self.metrics_http is None else self.metrics_http.port
 
     def stop(self, grace: float | None) -> threading.Event:
-        """NOT_SERVING for health checks, refuse new Reliability calls, then stop with
-        ``grace`` seconds for calls in flight; then the batcher answers what it still holds
-        and the model worker and metrics endpoint stop. Returns an event set when all is
-        stopped (the same event when called again)."""
+        """Drain, then stop: NOT_SERVING for health checks and every new call refused with
+        UNAVAILABLE; every call already admitted is answered (within ``grace`` seconds);
+        then the batcher, the model worker and the metrics endpoint stop. Returns an event
+        set when all is stopped (the same event when called again). None: stop at once."""
         with self._stopping:
             if self._stop_asked:
                 return self._stopped
@@ -98,22 +106,37 @@ class SentryServer:
         return self._stopped
 
     async def _stop_grpc(self, grace: float | None) -> None:
-        """Within ``grace``: let every admitted Reliability call finish while new ones are
-        refused by the servicer with UNAVAILABLE (gRPC itself would cancel calls arriving
-        while it stops), then stop gRPC with what is left of the grace. None: at once."""
+        """Within ``grace``: wait for every admitted call to end, then end the streams that
+        never would (health watches, reflection), then wait until no call has come in for
+        DRAIN_QUIET_SECONDS (every call gRPC has received has then been answered: gRPC
+        would cancel those still waiting for a handler), then stop gRPC with what is left."""
         loop = asyncio.get_running_loop()
+        admission = self.admission
         if grace is not None:
             deadline = loop.time() + grace
-            while self.servicer.active and loop.time() < deadline:
+
+            def waiting(more: bool) -> bool:
+                return more and loop.time() < deadline
+
+            while waiting(admission.busy > 0):
+                await asyncio.sleep(DRAIN_POLL_SECONDS)
+            admission.end_open_streams()
+            while waiting(
+                admission.busy + admission.open_streams.active > 0
+                or time.monotonic() - admission.last_call < DRAIN_QUIET_SECONDS
+            ):
                 await asyncio.sleep(DRAIN_POLL_SECONDS)
             grace = max(deadline - loop.time(), 0.0)
         await self.grpc_server.stop(grace)
 
     def begin_drain(self) -> None:
-        """The first step of ``stop``: health NOT_SERVING (for good), and new Reliability
-        calls refused with UNAVAILABLE while the transport still answers."""
-        self.servicer.draining.set()
-        on_loop(self.health.enter_graceful_shutdown())
+        """The first step of ``stop``: health NOT_SERVING (for good), new calls refused with
+        UNAVAILABLE while the transport still answers, open streams end at their next read."""
+        on_loop(self._begin_drain())
+
+    async def _begin_drain(self) -> None:
+        self.admission.begin_drain()
+        await self.health.enter_graceful_shutdown()
 
     def _finish(self, grpc_done: Any) -> None:
         try:
@@ -142,9 +165,8 @@ async def _build_grpc(
     error text when binding failed)."""
     server = grpc.aio.server(
         interceptors=list(interceptors),
-        # Calls beyond max_workers are refused by gRPC (RESOURCE_EXHAUSTED) before they
-        # hold any memory; the batcher's queue bounds the inputs of those admitted.
-        maximum_concurrent_rpcs=config.max_workers,
+        # No maximum_concurrent_rpcs: it would count health checks with everything else.
+        # service.admission budgets calls by class, before their messages are read.
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -194,8 +216,26 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
     )
     servicer = ReliabilityServicer(pipeline, batcher)
     servicer.metrics = metrics
-    # Auth inside observability (refusals are counted), outside error mapping.
-    interceptors = [MetricsInterceptor(metrics), *auth, ErrorInterceptor()]
+    admission = AdmissionInterceptor(
+        Limits(
+            max_workers=config.max_workers,
+            max_streams=config.max_streams,
+            max_open_streams=config.max_open_streams,
+            stream_idle_seconds=config.stream_idle_seconds,
+            stream_max_seconds=config.stream_max_seconds,
+        ),
+        open_services=OPEN_SERVICES,
+    )
+    # Metrics outermost (every refusal is counted); auth before admission (a call without
+    # a token takes no budget); errors mapped for admission's stream timeouts and every
+    # handler; request bytes parsed innermost, so a malformed message is a client error.
+    interceptors = [
+        MetricsInterceptor(metrics),
+        *auth,
+        ErrorInterceptor(),
+        admission,
+        DecodeInterceptor(),
+    ]
     server, health_servicer, port, error = on_loop(
         _build_grpc(config, servicer, interceptors, credentials)
     )
@@ -228,7 +268,9 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
     on_loop(_set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING))
     log.info("gradsentry serving %s on %s:%d", SERVICE_NAME, config.host, port)
     log.info("metrics on http://%s:%d/metrics", config.host, metrics_http.port)
-    running = SentryServer(server, health_servicer, servicer, port, metrics, metrics_http)
+    running = SentryServer(
+        server, health_servicer, servicer, admission, port, metrics, metrics_http
+    )
     return running, port
 
 

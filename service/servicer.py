@@ -15,13 +15,12 @@ thread resolves its futures).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future
 
 import grpc
@@ -31,7 +30,7 @@ from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
 from service.batcher import Batcher, DeadlineExceededError
 from service.codec import CodecError, decode
-from service.errors import ClientError, DrainingError, NotReadyError
+from service.errors import ClientError, NotReadyError
 from service.metrics import Metrics
 from service.pipeline import BasePipeline, Result
 
@@ -144,29 +143,25 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
         self.pipeline = pipeline
         self.batcher = batcher
         self.ready = threading.Event()
-        self.draining = threading.Event()
-        # Reliability calls admitted and not yet finished (touched on the event loop only):
-        # a graceful stop waits for them before gRPC stops taking calls.
-        self.active = 0
         self.metrics: Metrics | None = None  # set by create_server
 
     async def Check(
         self, request: pb.CheckRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckResponse:
-        with self._admitted():
-            rid = await call_request_id(context)
-            return (await self._score([request], [rid], context))[0]
+        self._admit()
+        rid = await call_request_id(context)
+        return (await self._score([request], [rid], context))[0]
 
     async def CheckBatch(
         self, request: pb.CheckBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckBatchResponse:
-        with self._admitted():
-            rid = await call_request_id(context)
-            if not request.requests:
-                raise ClientError("empty batch: CheckBatchRequest.requests holds no inputs")
-            ids = [f"{rid}/{i}" for i in range(len(request.requests))]
-            responses = await self._score(request.requests, ids, context, "requests")
-            return pb.CheckBatchResponse(responses=responses)
+        self._admit()
+        rid = await call_request_id(context)
+        if not request.requests:
+            raise ClientError("empty batch: CheckBatchRequest.requests holds no inputs")
+        ids = [f"{rid}/{i}" for i in range(len(request.requests))]
+        responses = await self._score(request.requests, ids, context, "requests")
+        return pb.CheckBatchResponse(responses=responses)
 
     async def CheckStream(
         self, request_iterator: AsyncIterator[pb.CheckRequest], context: grpc.aio.ServicerContext
@@ -174,9 +169,9 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
         """Responses in request order. A reader task decodes and queues messages while
         earlier ones are scored (up to max_batch_size ahead), so one stream's inputs are
         batched together; an error ends the stream after the responses before it."""
-        with self._admitted():
-            async for response in self._stream(request_iterator, context):
-                yield response
+        self._admit()
+        async for response in self._stream(request_iterator, context):
+            yield response
 
     async def _stream(
         self, request_iterator: AsyncIterator[pb.CheckRequest], context: grpc.aio.ServicerContext
@@ -188,17 +183,16 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
             i = 0
             try:
                 async for request in request_iterator:
-                    try:
-                        self._admit()
-                        (array,), (dt,) = self._decode([request], "stream message", i)
-                        future = self.batcher.submit(array, call_deadline(context))
-                    except Exception as exc:
-                        await window.put(exc)
-                        return
+                    self._admit()
+                    (array,), (dt,) = self._decode([request], "stream message", i)
+                    future = self.batcher.submit(array, call_deadline(context))
                     await window.put((i, request, dt, future))
                     i += 1
             except (grpc.aio.AioRpcError, grpc.RpcError, ConnectionError):
                 pass  # the client went away mid-stream: end after what was read
+            except Exception as exc:  # a bad message, a full queue, the server draining...
+                await window.put(exc)  # ... ends the stream after the answers before it
+                return
             await window.put(None)
 
         reader = asyncio.get_running_loop().create_task(read())
@@ -249,19 +243,9 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
             max_batch_size=self.pipeline.max_batch_size,
         )
 
-    @contextlib.contextmanager
-    def _admitted(self) -> Iterator[None]:
-        """Admit a call (or refuse it: draining, not ready) and count it while it runs."""
-        self._admit()
-        self.active += 1
-        try:
-            yield
-        finally:
-            self.active -= 1
-
     def _admit(self) -> None:
-        if self.draining.is_set():
-            raise DrainingError("the server is shutting down; retry on another replica")
+        """Refuse work until the model has warmed up (budgets and draining are
+        ``service.admission``'s)."""
         if not self.ready.is_set():
             raise NotReadyError("the model is still loading; retry when health is SERVING")
 
