@@ -115,6 +115,10 @@ class ServerConfig:
     # DEADLINE_EXCEEDED (0: never), so that idle streams cannot hold their budget forever.
     stream_idle_seconds: float = 60.0
     stream_max_seconds: float = 3600.0
+    # Encoded images (and large tensors) are decoded by this many threads, off the event
+    # loop; one call's inputs must decode within decode_budget_seconds or it is refused.
+    decode_workers: int = 2
+    decode_budget_seconds: float = 2.0
     grace_seconds: float = 10.0
     # "process": the model runs in a child process (service.worker), so gRPC handling and
     # the model use separate cores; "inline": in the server process (simplest to debug).
@@ -154,6 +158,7 @@ class ServerConfig:
             "max_workers",
             "max_streams",
             "max_open_streams",
+            "decode_workers",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -161,6 +166,11 @@ class ServerConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name}: must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.decode_budget_seconds) and self.decode_budget_seconds > 0):
+            raise ConfigError(
+                f"decode_budget_seconds: must be a finite number > 0, got "
+                f"{self.decode_budget_seconds}"
+            )
         if self.model_worker not in MODEL_WORKERS:
             raise ConfigError(
                 f"model_worker: must be one of {list(MODEL_WORKERS)}, got {self.model_worker!r}"

@@ -143,6 +143,7 @@ class SentryServer:
             grpc_done.result()
         except Exception:  # stopping goes on: the batcher and the worker must still end
             log.exception("stopping gRPC failed")
+        self.servicer.decoder.shutdown(wait=False, cancel_futures=True)
         batcher = self.servicer.batcher
         batcher.close(drain=True)
         batcher.pipeline.close()
@@ -214,7 +215,12 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
         metrics=metrics,
         dispatch_when_idle=config.dispatch_when_idle,
     )
-    servicer = ReliabilityServicer(pipeline, batcher)
+    servicer = ReliabilityServicer(
+        pipeline,
+        batcher,
+        decode_workers=config.decode_workers,
+        decode_budget_seconds=config.decode_budget_seconds,
+    )
     servicer.metrics = metrics
     admission = AdmissionInterceptor(
         Limits(

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -42,6 +42,10 @@ KIND_ENUM: dict[str, int] = {
     "corrupted": pb.CORRUPTED,
 }
 _DTYPE_ENUM: dict[str, int] = {"float32": pb.FLOAT32, "float64": pb.FLOAT64}
+# A call whose tensors hold at most this many bytes is decoded on the event loop: a few
+# copies and comparisons, ~1 ms for the whole amount; sending it to the decode pool would
+# cost two thread switches per call.
+_INLINE_TENSOR_BYTES = 256 * 1024
 # grpc reports ~9.2e18 s remaining for a call without a deadline.
 _NO_DEADLINE = 1e9
 # One stream message in flight: (index, request, decode seconds, future); an Exception ends
@@ -139,10 +143,20 @@ def to_response(
 class ReliabilityServicer(pb_grpc.ReliabilityServicer):
     """The Reliability service for one pipeline, fed through its batcher."""
 
-    def __init__(self, pipeline: BasePipeline, batcher: Batcher) -> None:
+    def __init__(
+        self,
+        pipeline: BasePipeline,
+        batcher: Batcher,
+        decode_workers: int = 2,
+        decode_budget_seconds: float = 2.0,
+    ) -> None:
         self.pipeline = pipeline
         self.batcher = batcher
         self.ready = threading.Event()
+        # Images (and large tensors) are decoded here, off the event loop, so that one
+        # expensive call cannot stall every other call and health check.
+        self.decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+        self.decode_budget_seconds = decode_budget_seconds
         self.metrics: Metrics | None = None  # set by create_server
 
     async def Check(
@@ -184,7 +198,7 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
             try:
                 async for request in request_iterator:
                     self._admit()
-                    (array,), (dt,) = self._decode([request], "stream message", i)
+                    (array,), (dt,) = await self._decode([request], "stream message", i)
                     future = self.batcher.submit(array, call_deadline(context))
                     await window.put((i, request, dt, future))
                     i += 1
@@ -256,33 +270,62 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
         context: grpc.aio.ServicerContext,
         where: str | None = None,
     ) -> list[pb.CheckResponse]:
-        """Decode every request (naming the bad one), queue them all or none (the batcher
-        may group them with other calls' inputs), wait for their results, respond."""
-        arrays, decode_times = self._decode(requests, where)
-        if len(arrays) > self.batcher.queue_size:
+        """Count the requests, decode every one (naming the bad one), queue them all or
+        none (the batcher may group them with other calls' inputs), wait for their
+        results, respond."""
+        if len(requests) > self.batcher.queue_size:  # before decoding any of them
             raise ClientError(
-                f"{len(arrays)} inputs in one call; this server queues at most "
+                f"{len(requests)} inputs in one call; this server queues at most "
                 f"{self.batcher.queue_size} at a time: split the call"
             )
+        arrays, decode_times = await self._decode(requests, where)
         futures = self.batcher.submit_many(arrays, call_deadline(context))
         results = await wait_results(futures, context)
         return self._respond(results, requests, ids, decode_times)
 
-    def _decode(
+    async def _decode(
         self, requests: Sequence[pb.CheckRequest], where: str | None = None, offset: int = 0
     ) -> tuple[list[np.ndarray], list[float]]:
-        """Each request -> array [1, C, H, W] and its decode seconds; a CodecError names
-        ``where`` and the request's index (``offset`` + position) when ``where`` is given."""
+        """Each request -> array [1, C, H, W] and its decode seconds (``decode_now``):
+        small tensors on the event loop (microseconds, their size checked first), images
+        and large tensors in the decode pool, within ``decode_budget_seconds``."""
+        inline = sum(len(r.tensor.data) for r in requests) <= _INLINE_TENSOR_BYTES and not any(
+            r.WhichOneof("input") == "image" for r in requests
+        )
+        if inline:
+            return self.decode_now(requests, where, offset)
+        deadline = time.perf_counter() + self.decode_budget_seconds
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.decoder, self.decode_now, requests, where, offset, deadline
+        )
+
+    def decode_now(
+        self,
+        requests: Sequence[pb.CheckRequest],
+        where: str | None = None,
+        offset: int = 0,
+        deadline: float | None = None,
+    ) -> tuple[list[np.ndarray], list[float]]:
+        """Decode in this thread; a CodecError names ``where`` and the request's index
+        (``offset`` + position) when ``where`` is given; past ``deadline`` (a
+        ``time.perf_counter()`` value) the call is refused."""
         arrays: list[np.ndarray] = []
         decode_times: list[float] = []
         for i, request in enumerate(requests):
             t0 = time.perf_counter()
+            if deadline is not None and t0 > deadline:
+                raise ClientError(
+                    f"decoding this call's inputs took more than {self.decode_budget_seconds:g} "
+                    f"s (the server's decode_budget_seconds) after {i} of {len(requests)}: "
+                    "send fewer or smaller inputs per call"
+                )
             try:
                 arrays.append(decode(request, self.pipeline.spec))
             except CodecError as exc:
                 if where is None:
                     raise
-                raise CodecError(f"{where} {offset + i}: {exc}") from exc
+                raise CodecError(f"{where} {offset + i}: {exc}") from None
             decode_times.append(time.perf_counter() - t0)
         if self.metrics is not None:
             for dt in decode_times:
