@@ -113,6 +113,18 @@ class ServerProcess:
         """Calls of ``service``/``method`` the server has finished with status ``code``."""
         return self.metric("gradsentry_requests_total", service=service, method=method, code=code)
 
+    def wait_calls_ended(
+        self, method: str, code: str, count: float, service: str = RELIABILITY
+    ) -> float:
+        """``calls_ended`` once it reaches ``count`` (the server records a call as it ends
+        it, which its client may see a moment earlier), or after 5 s."""
+        deadline = time.monotonic() + 5
+        while (n := self.calls_ended(method, code, service)) < count:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        return n
+
 
 def server_env() -> dict[str, str]:
     """The test's environment without GRADSENTRY_* / GRPC_EXPERIMENTS (the process chooses
