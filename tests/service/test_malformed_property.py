@@ -1,7 +1,8 @@
 """Property: every malformed request is INVALID_ARGUMENT naming its problem, and the server
 shrugs it off.
 
-Hypothesis sends well over 2,000 malformed (but well-formed protobuf) requests to ONE real server (the session's) over
+Hypothesis sends well over 2,000 malformed inputs (in well-formed protobuf) to ONE real
+server (the session's) over
 one channel: unknown or unset dtypes, wrong shapes, wrong byte counts (including another
 dtype's bytes), NaN/Inf, out-of-range values, empty inputs, oversized inputs (huge shapes,
 surplus data, large or decompression-bomb images), undecodable images (random bytes,
