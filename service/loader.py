@@ -86,4 +86,9 @@ def build_pipeline(config: ServerConfig) -> Pipeline:
     sentry = Sentry.load(
         loaded.model, config.bundle, device="cuda" if device.type == "cuda" else "cpu"
     )
-    return Pipeline(sentry, loaded.spec, device, config.max_batch_size)
+    # One input at the bottom of the range proves every manifest array fits the model (a
+    # BundleMismatchError here is a one-line start-up error, not a crash at warm-up).
+    spec = loaded.spec
+    x = torch.full((1, *spec.shape), spec.value_range[0], dtype=getattr(torch, spec.dtype))
+    sentry.check_fits(x.to(device))
+    return Pipeline(sentry, spec, device, config.max_batch_size)

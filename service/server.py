@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -35,10 +36,11 @@ from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
 from service.admission import AdmissionInterceptor, Limits
 from service.batcher import Batcher
-from service.config import ServerConfig, load_config
+from service.config import ConfigError, ServerConfig, load_config
 from service.event_loop import event_loop, on_loop
 from service.interceptors import DecodeInterceptor, ErrorInterceptor, MetricsInterceptor
 from service.metrics import Metrics, MetricsHTTPServer, model_info
+from service.models import ModelLoadError
 from service.priority import lower_threads
 from service.security import OPEN_SERVICES, server_credentials
 from service.security import interceptors as security_interceptors
@@ -56,8 +58,9 @@ DRAIN_POLL_SECONDS = 0.01
 DRAIN_QUIET_SECONDS = 0.25
 
 
-class BindError(RuntimeError):
-    """The server could not listen on the configured address."""
+class BindError(ConfigError):
+    """The server could not listen on the configured address (a port in use, an address
+    this host does not have): a configuration problem, one line and exit 2 at the CLI."""
 
 
 class SentryServer:
@@ -169,6 +172,8 @@ async def _build_grpc(
         # No maximum_concurrent_rpcs: it would count health checks with everything else.
         # service.admission budgets calls by class, before their messages are read.
         options=[
+            # A second server on the same port must fail to start, not share the port.
+            ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
         ],
@@ -181,6 +186,9 @@ async def _build_grpc(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{config.host}:{config.port}"
+    problem = _port_taken(config.host, config.port)
+    if problem:
+        return server, health_servicer, 0, f": {problem}"
     try:
         port = (
             server.add_insecure_port(address)
@@ -190,6 +198,27 @@ async def _build_grpc(
     except RuntimeError as exc:
         return server, health_servicer, 0, f": {exc}"
     return server, health_servicer, port, ""
+
+
+def _port_taken(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be bound ("" when it can, or when gRPC must resolve the
+    host itself), tried with a plain socket first: gRPC core would log its own multi-line
+    error before saying it failed."""
+    if port == 0:
+        return ""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return ""
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            # As gRPC binds: past connections in TIME_WAIT do not block, a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                return exc.strerror or str(exc)
+    return ""
 
 
 async def _set_health(health_servicer: health_aio.HealthServicer, status: int) -> None:
@@ -260,11 +289,13 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
     on_loop(server.start())
     try:
         pipeline.warm_up()
-    except BaseException:
+    except BaseException as exc:
         on_loop(server.stop(None))
         metrics_http.stop()
         batcher.close(drain=False)
         pipeline.close()
+        if isinstance(exc, Exception):  # the model and bundle cannot serve: a start-up error
+            raise ModelLoadError(f"the warm-up batch failed: {exc}") from exc
         raise
     if isinstance(pipeline, ProcessPipeline):  # every thread exists now: lower them all
         lower_threads(

@@ -2,14 +2,13 @@
 shrugs it off.
 
 Hypothesis sends well over 2,000 malformed inputs (in well-formed protobuf) to ONE real
-server (the session's) over
-one channel: unknown or unset dtypes, wrong shapes, wrong byte counts (including another
-dtype's bytes), NaN/Inf, out-of-range values, empty inputs, oversized inputs (huge shapes,
-surplus data, large or decompression-bomb images), undecodable images (random bytes,
-truncated PNG/JPEG, other formats, broken checksums) and malformed request ids — through
-Check, CheckBatch (behind valid inputs, so the index must be named) and CheckStream. Each
-case knows the words its answer must contain. Afterwards the server must still be SERVING
-and give the same answers as before for valid inputs.
+server (the session's) over one channel: unknown or unset dtypes, wrong shapes, wrong byte
+counts (including another dtype's bytes), NaN/Inf, out-of-range values, empty inputs,
+oversized inputs (huge shapes, surplus data, large or decompression-bomb images),
+undecodable images (random bytes, truncated PNG/JPEG, other formats, broken checksums) and
+malformed request ids — through Check, CheckBatch (behind valid inputs, so the index must
+be named) and CheckStream. Each case knows the words its answer must contain. Afterwards
+the server must still be SERVING and give the same answers as before for valid inputs.
 
 Messages larger than the transport limit (``max_message_bytes``) never reach the service:
 gRPC itself answers RESOURCE_EXHAUSTED, as the gRPC spec prescribes; that is tested here too.
