@@ -34,6 +34,8 @@ WIRE_DTYPES: dict[int, np.dtype] = {
     pb.UINT8: np.dtype("u1"),
     pb.FLOAT16: np.dtype("<f2"),
 }
+# Dimensions of a client's shape quoted in full in an error message (see shape_text).
+_SHAPE_DIMS = 8
 # PIL mode each channel count is converted to.
 _IMAGE_MODES: dict[int, str] = {1: "L", 3: "RGB"}
 # Guard against decompression bombs: no model input is anywhere near this many pixels.
@@ -88,7 +90,7 @@ def decode_tensor(tensor: pb.Tensor, spec: InputSpec) -> np.ndarray:
     expected = spec.shape
     if shape not in (expected, (1, *expected)):
         raise CodecError(
-            f"wrong tensor shape {list(shape)}: this model takes {list(expected)} "
+            f"wrong tensor shape {shape_text(shape)}: this model takes {list(expected)} "
             f"or {[1, *expected]}"
         )
     if not tensor.data:
@@ -96,13 +98,23 @@ def decode_tensor(tensor: pb.Tensor, spec: InputSpec) -> np.ndarray:
     need = math.prod(expected) * wire.itemsize
     if len(tensor.data) != need:
         raise CodecError(
-            f"tensor data has {len(tensor.data)} bytes but shape {list(shape)} of "
+            f"tensor data has {len(tensor.data)} bytes but shape {shape_text(shape)} of "
             f"{dtype_name(tensor.dtype)} needs {need}"
         )
     raw = np.frombuffer(tensor.data, dtype=wire).reshape(1, *expected)
     if tensor.dtype == pb.UINT8:
         return _from_uint8(raw, spec)
     return raw.astype(spec.dtype)
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    """A client's shape for an error message: whole up to ``_SHAPE_DIMS`` dimensions, else
+    its first ones and its length (a message travels in a header: 6,000 dimensions would
+    overflow the client's header limit and arrive as another error)."""
+    if len(shape) <= _SHAPE_DIMS:
+        return str(list(shape))
+    head = ", ".join(str(d) for d in shape[:_SHAPE_DIMS])
+    return f"[{head}, ...] ({len(shape)} dimensions)"
 
 
 def decode_image(data: bytes, spec: InputSpec) -> np.ndarray:

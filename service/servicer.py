@@ -74,6 +74,17 @@ async def call_request_id(context: grpc.aio.ServicerContext, stream: bool = Fals
     return rid
 
 
+def check_request_ids(requests: Sequence[pb.CheckRequest]) -> None:
+    """Each request's own ``request_id`` (echoed in its response) follows the header's rule:
+    1-128 printable ASCII characters without spaces, or empty."""
+    for request in requests:
+        if request.request_id and not _REQUEST_ID.match(request.request_id):
+            raise ClientError(
+                f"CheckRequest.request_id must be 1-128 printable ASCII characters without "
+                f"spaces (got {len(request.request_id)} characters)"
+            )
+
+
 def call_timeout(context: grpc.aio.ServicerContext) -> float | None:
     """Seconds left until the call's deadline, None when it has none."""
     remaining = context.time_remaining()
@@ -116,7 +127,7 @@ def to_response(
 ) -> pb.CheckResponse:
     """One pipeline Result -> CheckResponse, honouring the request's return_* options."""
     response = pb.CheckResponse(
-        request_id=request.request_id or request_id,
+        request_id=request.request_id or request_id,  # checked by check_request_id
         predicted_class=result.predicted_class,
         label=result.label,
         verdict=pb.FLAGGED if result.flagged else pb.RELIABLE,
@@ -198,6 +209,7 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
             try:
                 async for request in request_iterator:
                     self._admit()
+                    check_request_ids([request])
                     (array,), (dt,) = await self._decode([request], "stream message", i)
                     future = self.batcher.submit(array, call_deadline(context))
                     await window.put((i, request, dt, future))
@@ -278,6 +290,7 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
                 f"{len(requests)} inputs in one call; this server queues at most "
                 f"{self.batcher.queue_size} at a time: split the call"
             )
+        check_request_ids(requests)
         arrays, decode_times = await self._decode(requests, where)
         futures = self.batcher.submit_many(arrays, call_deadline(context))
         results = await wait_results(futures, context)

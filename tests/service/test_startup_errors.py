@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from detectors.demo import ARTIFACTS
 from tests.servers import ROOT, WAIT, serve_process, server_env, write_config
@@ -156,3 +157,14 @@ def test_a_second_server_on_the_same_port_is_refused(tmp_path: Path) -> None:
         line = serve_fails(second_dir, metrics_port=first.metrics_port, model_worker="inline")
         assert f"cannot serve metrics on 127.0.0.1:{first.metrics_port}" in line, line
         assert first.proc.poll() is None  # the first one serves on, alone
+
+
+def test_a_pickled_model_as_weights_never_suggests_unpickling(tmp_path: Path) -> None:
+    """torch's own message advises weights_only=False; ours must not."""
+    from detectors.demo.model import build_model  # the demo architecture, pickled whole
+
+    weights = tmp_path / "whole_model.pt"
+    torch.save(build_model(), weights)
+    line = serve_fails(tmp_path, model_weights=str(weights), model_worker="inline")
+    assert "pickled Python object" in line and "state_dict" in line, line
+    assert "weights_only" not in line, line
