@@ -127,12 +127,12 @@ class ServerProcess:
 
 
 def server_env() -> dict[str, str]:
-    """The test's environment without GRADSENTRY_* / GRPC_EXPERIMENTS (the process chooses
-    its own), one torch thread."""
+    """The test's environment without GRADSENTRY_* / GRPC_EXPERIMENTS / GRPC_VERBOSITY (the
+    process chooses its own), one torch thread."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("GRADSENTRY_") and k != transport.ENV
+        if not k.startswith("GRADSENTRY_") and k not in (transport.ENV, transport.VERBOSITY_ENV)
     }
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
