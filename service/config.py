@@ -123,7 +123,8 @@ class ServerConfig:
     # "process": the model runs in a child process (service.worker), so gRPC handling and
     # the model use separate cores; "inline": in the server process (simplest to debug).
     model_worker: str = "process"
-    # With model_worker "process": how much lower (Linux nice increment) the gRPC process's
+    # With model_worker "process" (applied by `gradsentry serve`, which owns its process):
+    # how much lower (Linux nice increment) the gRPC process's
     # CPU priority is than the model worker's, so that the worker, the bottleneck, runs
     # first when both want a core; 0 leaves them equal.
     server_nice: int = 10

@@ -287,6 +287,7 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
             f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
         ) from exc
     on_loop(server.start())
+    log.info("listening on %s:%d; warming up (health NOT_SERVING until done)", config.host, port)
     try:
         pipeline.warm_up()
     except BaseException as exc:
@@ -297,10 +298,6 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
         if isinstance(exc, Exception):  # the model and bundle cannot serve: a start-up error
             raise ModelLoadError(f"the warm-up batch failed: {exc}") from exc
         raise
-    if isinstance(pipeline, ProcessPipeline):  # every thread exists now: lower them all
-        lower_threads(
-            config.server_nice, keep=ProcessPipeline.launcher_tids, base=pipeline.launcher_nice
-        )
     servicer.ready.set()
     on_loop(_set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING))
     log.info("gradsentry serving %s on %s:%d", SERVICE_NAME, config.host, port)
@@ -314,6 +311,13 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
 def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then drain gracefully (must run in the main thread)."""
     running, _ = create_server(config)
+    pipeline = running.servicer.pipeline
+    # The process is ours alone here (create_server leaves the priority of a process that
+    # embeds it, a test run for one, alone: lowering cannot be undone without privileges).
+    if isinstance(pipeline, ProcessPipeline):  # every thread exists now: lower them all
+        lower_threads(
+            config.server_nice, keep=ProcessPipeline.launcher_tids, base=pipeline.launcher_nice
+        )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: draining for up to %.1f s", signum, config.grace_seconds)
