@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -85,10 +86,8 @@ def start_serve(log: Path) -> tuple[subprocess.Popen[bytes], float, int]:
 
 def listening_port(text: str) -> int:
     """The gRPC port from the server's 'listening' log line (0 until it is there)."""
-    for line in text.splitlines():
-        if "listening on " in line:
-            return int(line.rsplit(":", 1)[1].split()[0])
-    return 0
+    found = re.search(r"listening on [^\s:]+:(\d+)", text)
+    return int(found[1]) if found else 0
 
 
 def serving(port: int) -> bool:

@@ -325,7 +325,9 @@ def _check_manifest(manifest: object) -> LogTransform:
         manifest["model_fingerprint"]
     ):
         raise bad("model_fingerprint", "'sha256:<64 hex>'")
-    for field, low_open in (("threshold", False), ("calibration_fpr", False), ("target_fpr", True)):
+    # A threshold of 0 flags every input and 1 none (scores are probabilities): neither is
+    # a calibrated detector, so both are refused.
+    for field, low_open in (("threshold", True), ("calibration_fpr", False), ("target_fpr", True)):
         value = manifest[field]
         if (
             isinstance(value, bool)

@@ -73,6 +73,26 @@ class Extracted:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+# The largest magnitude a fitted mean or whitener entry may have. Distances square
+# (activation - mean) @ whitener: with activations of a float32 model (< 3.4e38) and entries
+# up to 1e100 they stay finite in float64 (< 1.8e308); real statistics are many orders
+# smaller, so anything above is a damaged bundle, refused at load instead of turning every
+# score into inf or NaN.
+MAX_STATISTIC = 1e100
+
+
+def pooled_width(module: nn.Module) -> int | None:
+    """The width ``pool`` gives the input of ``module`` [B, 2C] when its structure says
+    (convolutions and batch norms, whose input has spatial dimensions), else None."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return 2 * module.in_channels
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
+        module, nn.BatchNorm1d
+    ):
+        return 2 * module.num_features
+    return None
+
+
 @dataclass
 class Gaussians:
     """Class means [K, D] and a whitening factor [D, r] of a tied covariance (JSON-able)."""
@@ -113,6 +133,11 @@ class Gaussians:
                 raise ValueError(
                     f"malformed feature spec: {what} {name} must be a non-empty finite "
                     f"matrix, got shape {arr.shape}"
+                )
+            if np.abs(arr).max() > MAX_STATISTIC:
+                raise ValueError(
+                    f"malformed feature spec: {what} {name} holds {np.abs(arr).max():.3g}; "
+                    f"fitted statistics stay far below {MAX_STATISTIC:g}"
                 )
             arrays.append(arr)
         means, whitener = arrays
@@ -237,7 +262,10 @@ class FeatureExtractor:
                 spec["params"],
             )
             ext.layer_stats_ = {
-                n: Gaussians.from_dict(d, f"layer {n!r}") for n, d in layers.items()
+                n: Gaussians.from_dict(
+                    d, f"layer {n!r}", width=pooled_width(model.get_submodule(n))
+                )
+                for n, d in layers.items()
             }
             if spec["novelty"] is not None:
                 ext.novelty_stats_ = Gaussians.from_dict(

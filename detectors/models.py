@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -36,7 +38,7 @@ def load_eager_model(
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for corrupt or unsafe files
-            raise ModelLoadError(f"cannot read weights {path}: {_first_line(exc)}") from None
+            raise ModelLoadError(f"cannot read weights {path}: {weights_problem(exc)}") from None
         if not isinstance(state, dict):
             raise ModelLoadError(f"{path} does not hold a state dict")
         try:
@@ -44,6 +46,25 @@ def load_eager_model(
         except RuntimeError as exc:
             raise ModelLoadError(f"{path} does not fit {entry}: {_first_line(exc)}") from None
     return model.to(device).eval()
+
+
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def weights_problem(exc: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` found wrong with a file, in our words: torch's
+    own message advises loading with ``weights_only=False``, which must never be done with
+    a file a user hands us."""
+    text = str(exc)
+    unsafe = _UNSAFE_GLOBAL.search(text)
+    if unsafe:
+        return (
+            f"it holds a pickled Python object ({unsafe.group(1)}), not only tensors; "
+            "save model.state_dict() instead (pickled code is never loaded)"
+        )
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        return "not a readable torch state dict file (torch.save(model.state_dict(), path))"
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

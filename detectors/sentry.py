@@ -14,7 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from detectors.bundle import Bundle, BundleFormatError, load_bundle, model_fingerprint
+from detectors.bundle import (
+    Bundle,
+    BundleFormatError,
+    BundleMismatchError,
+    load_bundle,
+    model_fingerprint,
+)
 from detectors.detector.runtime import Device
 from detectors.features import FeatureExtractor
 from detectors.verdicts import Verdicts
@@ -45,6 +51,29 @@ class Sentry:
             raise BundleFormatError(f"{bundle.path.name}: feature_spec: {exc}") from None
         bundle.check_schema(extractor.schema)
         return cls(extractor, bundle)
+
+    def check_fits(self, x: torch.Tensor) -> Verdicts:
+        """Score x [B, ...] once to prove the bundle fits the model beyond what its manifest
+        shows: every statistic multiplies cleanly with the model's activations, the novelty
+        statistics cover every class the model has, and every feature and score is finite.
+        BundleMismatchError naming what does not fit; the verdicts otherwise."""
+        where = f"bundle {self.bundle.path.name} does not fit this model"
+        try:
+            verdicts = self.check(x)
+        except (ValueError, IndexError, RuntimeError) as exc:
+            message = " ".join(str(exc).split())[:300]
+            raise BundleMismatchError(f"{where}: {type(exc).__name__}: {message}") from None
+        novelty = self.extractor.novelty_stats_
+        n_classes = verdicts.logits.shape[1]
+        if novelty is not None and novelty.means.shape[0] < n_classes:
+            raise BundleMismatchError(
+                f"{where}: its novelty statistics cover {novelty.means.shape[0]} classes, the "
+                f"model has {n_classes}"
+            )
+        for name, values in (("features", verdicts.features), ("scores", verdicts.score)):
+            if not np.isfinite(values).all():
+                raise BundleMismatchError(f"{where}: its {name} are not finite on a test input")
+        return verdicts
 
     def check(self, x: torch.Tensor) -> Verdicts:
         """Score one batch x [B, ...] (on the model's device)."""

@@ -5,12 +5,20 @@ array [1, C, H, W] of ``spec.dtype`` with finite values inside ``spec.value_rang
 applies the spec's normalisation. Every way a client can get an input wrong raises
 ``CodecError`` with a message that names the problem; the server maps it to
 INVALID_ARGUMENT.
+
+An encoded image costs what its container makes the decoder do, not what its pixels are
+worth: Pillow walks PNG chunks and JPEG segments in Python, one at a time, so a 28x28 PNG
+padded with a million empty chunks takes seconds. ``check_container`` therefore bounds an
+image's bytes (``image_byte_limit``) and walks its chunks or segments itself, counting
+them against ``container_part_limit``, before Pillow sees it; both scale with the model's
+input size.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import struct
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -26,10 +34,20 @@ WIRE_DTYPES: dict[int, np.dtype] = {
     pb.UINT8: np.dtype("u1"),
     pb.FLOAT16: np.dtype("<f2"),
 }
+# Dimensions of a client's shape quoted in full in an error message (see shape_text).
+_SHAPE_DIMS = 8
 # PIL mode each channel count is converted to.
 _IMAGE_MODES: dict[int, str] = {1: "L", 3: "RGB"}
 # Guard against decompression bombs: no model input is anywhere near this many pixels.
 _MAX_IMAGE_PIXELS = 64_000_000
+# Room in an encoded image for what is not pixels: an ICC profile is 0.5-4 KB, EXIF with a
+# thumbnail up to 64 KB. An incompressible PNG is ~1x its raw pixels; 4x leaves margin.
+_IMAGE_OVERHEAD_BYTES = 64 * 1024
+_IMAGE_RAW_FACTOR = 4
+# PNG chunks / JPEG segments: a dozen header parts is usual; PNG writers split pixel data
+# into 8-64 KB IDAT chunks, so one more per KB of raw pixels is generous.
+_CONTAINER_PARTS = 64
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class CodecError(ClientError):
@@ -72,7 +90,7 @@ def decode_tensor(tensor: pb.Tensor, spec: InputSpec) -> np.ndarray:
     expected = spec.shape
     if shape not in (expected, (1, *expected)):
         raise CodecError(
-            f"wrong tensor shape {list(shape)}: this model takes {list(expected)} "
+            f"wrong tensor shape {shape_text(shape)}: this model takes {list(expected)} "
             f"or {[1, *expected]}"
         )
     if not tensor.data:
@@ -80,13 +98,23 @@ def decode_tensor(tensor: pb.Tensor, spec: InputSpec) -> np.ndarray:
     need = math.prod(expected) * wire.itemsize
     if len(tensor.data) != need:
         raise CodecError(
-            f"tensor data has {len(tensor.data)} bytes but shape {list(shape)} of "
+            f"tensor data has {len(tensor.data)} bytes but shape {shape_text(shape)} of "
             f"{dtype_name(tensor.dtype)} needs {need}"
         )
     raw = np.frombuffer(tensor.data, dtype=wire).reshape(1, *expected)
     if tensor.dtype == pb.UINT8:
         return _from_uint8(raw, spec)
     return raw.astype(spec.dtype)
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    """A client's shape for an error message: whole up to ``_SHAPE_DIMS`` dimensions, else
+    its first ones and its length (a message travels in a header: 6,000 dimensions would
+    overflow the client's header limit and arrive as another error)."""
+    if len(shape) <= _SHAPE_DIMS:
+        return str(list(shape))
+    head = ", ".join(str(d) for d in shape[:_SHAPE_DIMS])
+    return f"[{head}, ...] ({len(shape)} dimensions)"
 
 
 def decode_image(data: bytes, spec: InputSpec) -> np.ndarray:
@@ -103,6 +131,7 @@ def decode_image(data: bytes, spec: InputSpec) -> np.ndarray:
             f"this model takes {spec.channels}-channel inputs, which cannot be sent as an "
             "encoded image; send a tensor"
         )
+    check_container(data, spec)
     try:
         with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as img:
             if img.width * img.height > _MAX_IMAGE_PIXELS:
@@ -116,12 +145,80 @@ def decode_image(data: bytes, spec: InputSpec) -> np.ndarray:
             pixels = np.asarray(img.convert(mode), dtype=np.uint8)
     except Image.DecompressionBombError as exc:  # PIL refuses huge headers before our check
         raise CodecError(f"image is too large: {exc}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:  # its message names the in-memory file object
+        raise CodecError("undecodable image: not a PNG or JPEG file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, CodecError):
             raise
-        raise CodecError(f"undecodable image (not a valid PNG or JPEG): {exc}") from exc
+        raise CodecError(f"undecodable image (not a valid PNG or JPEG): {exc}") from None
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     return _from_uint8(chw[None], spec)
+
+
+def image_byte_limit(spec: InputSpec) -> int:
+    """The most bytes an encoded image of ``spec``'s size may have."""
+    return _IMAGE_RAW_FACTOR * math.prod(spec.shape) + _IMAGE_OVERHEAD_BYTES
+
+
+def container_part_limit(spec: InputSpec) -> int:
+    """The most PNG chunks, or JPEG header segments and scans, an image may have."""
+    return _CONTAINER_PARTS + math.prod(spec.shape) // 1024
+
+
+def check_container(data: bytes, spec: InputSpec) -> None:
+    """Refuse an image over ``image_byte_limit`` bytes, or a PNG / JPEG with more than
+    ``container_part_limit`` chunks / segments, in time linear in that limit (not in the
+    image's size). Other bytes pass: Pillow names what is wrong with them."""
+    limit = image_byte_limit(spec)
+    if len(data) > limit:
+        _, h, w = spec.shape
+        raise CodecError(
+            f"image of {len(data)} bytes: this server takes at most {limit} bytes per "
+            f"{w}x{h} image; strip metadata or send a tensor"
+        )
+    parts = container_part_limit(spec)
+    if data.startswith(_PNG_SIGNATURE):
+        count = _png_chunks(data, parts)
+    elif data.startswith(b"\xff\xd8"):
+        count = _jpeg_segments(data, parts)
+    else:
+        return
+    if count > parts:
+        raise CodecError(
+            f"image has more than {parts} PNG chunks or JPEG segments; a {spec.shape[2]}x"
+            f"{spec.shape[1]} image needs far fewer: re-encode it without extra metadata"
+        )
+
+
+def _png_chunks(data: bytes, limit: int) -> int:
+    """PNG chunks up to IEND, counting no further than ``limit`` + 1."""
+    offset, count = len(_PNG_SIGNATURE), 0
+    while offset + 8 <= len(data) and count <= limit:
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        count += 1
+        offset += 12 + length  # length, type, data, CRC
+        if kind == b"IEND":
+            break
+    return count
+
+
+def _jpeg_segments(data: bytes, limit: int) -> int:
+    """JPEG header segments up to the first scan, plus the scans (start-of-scan markers: in
+    entropy-coded data 0xFF is always followed by 0x00 or a restart marker)."""
+    offset, count = 2, 0
+    while offset + 4 <= len(data) and count <= limit:
+        if data[offset] != 0xFF:
+            return count  # not a marker: let Pillow say what is wrong
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        count += 1
+        if marker == 0xDA:  # start of scan: the rest is entropy-coded data and scans
+            break
+        (length,) = struct.unpack_from(">H", data, offset + 2)
+        offset += 2 + length
+    return count + data.count(b"\xff\xda", offset + 2)
 
 
 def check_values(x: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -134,9 +231,11 @@ def check_values(x: np.ndarray, spec: InputSpec) -> np.ndarray:
     lo, hi = spec.value_range
     x_min, x_max = float(x.min()), float(x.max())
     if x_min < lo or x_max > hi:
+        # repr: the shortest text that reads back as the same number, so 1.0000001 does not
+        # print as 1 (":g" keeps 6 digits).
         raise CodecError(
-            f"values out of range: found [{x_min:g}, {x_max:g}] but this model takes "
-            f"[{lo:g}, {hi:g}]"
+            f"values out of range: found [{x_min!r}, {x_max!r}] but this model takes "
+            f"[{lo!r}, {hi!r}]"
         )
     return x
 

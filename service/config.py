@@ -103,16 +103,30 @@ class ServerConfig:
     input_std: tuple[float, ...] = ()
     labels: tuple[str, ...] = ()
     max_message_bytes: int = 16 * 1024 * 1024
-    # Calls served at once (gRPC refuses more with RESOURCE_EXHAUSTED before they hold any
-    # memory). Fewer than max_batch_size would cap how many calls can share a batch; leave
-    # headroom over the expected concurrent clients: a client's next call may arrive before
-    # its last one has been released.
+    # Unary Check / CheckBatch calls served at once (more are refused with RESOURCE_EXHAUSTED
+    # before their message is read; service.admission). Fewer than max_batch_size would cap
+    # how many calls can share a batch; leave headroom over the expected concurrent clients:
+    # a client's next call may arrive before its last one has been released.
     max_workers: int = 256
+    # CheckStream calls open at once, and health Watch / reflection streams open at once
+    # (these need no token when auth is on); each has its own budget, so that neither can
+    # starve the other or health Check and GetInfo, which have none.
+    max_streams: int = 64
+    max_open_streams: int = 16
+    # A stream with no message either way for this long, or open this long, is ended with
+    # DEADLINE_EXCEEDED (0: never), so that idle streams cannot hold their budget forever.
+    stream_idle_seconds: float = 60.0
+    stream_max_seconds: float = 3600.0
+    # Encoded images (and large tensors) are decoded by this many threads, off the event
+    # loop; one call's inputs must decode within decode_budget_seconds or it is refused.
+    decode_workers: int = 2
+    decode_budget_seconds: float = 2.0
     grace_seconds: float = 10.0
     # "process": the model runs in a child process (service.worker), so gRPC handling and
     # the model use separate cores; "inline": in the server process (simplest to debug).
     model_worker: str = "process"
-    # With model_worker "process": how much lower (Linux nice increment) the gRPC process's
+    # With model_worker "process" (applied by `gradsentry serve`, which owns its process):
+    # how much lower (Linux nice increment) the gRPC process's
     # CPU priority is than the model worker's, so that the worker, the bottleneck, runs
     # first when both want a core; 0 leaves them equal.
     server_nice: int = 10
@@ -140,13 +154,26 @@ class ServerConfig:
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 raise ConfigError(f"{name}: must be a port number in 0..65535, got {value}")
-        for name in ("max_batch_size", "queue_size", "max_message_bytes", "max_workers"):
+        for name in (
+            "max_batch_size",
+            "queue_size",
+            "max_message_bytes",
+            "max_workers",
+            "max_streams",
+            "max_open_streams",
+            "decode_workers",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("max_delay_ms", "grace_seconds"):
+        for name in ("max_delay_ms", "grace_seconds", "stream_idle_seconds", "stream_max_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name}: must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.decode_budget_seconds) and self.decode_budget_seconds > 0):
+            raise ConfigError(
+                f"decode_budget_seconds: must be a finite number > 0, got "
+                f"{self.decode_budget_seconds}"
+            )
         if self.model_worker not in MODEL_WORKERS:
             raise ConfigError(
                 f"model_worker: must be one of {list(MODEL_WORKERS)}, got {self.model_worker!r}"

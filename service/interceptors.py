@@ -8,6 +8,16 @@ is logged with its traceback and returned as INTERNAL without internals in the m
 the calls in flight. It must come first in the server's interceptor list (outermost), so it
 sees the status every inner interceptor and handler settled on.
 
+``DecodeInterceptor`` must come last (innermost): it hands gRPC a handler that takes the raw
+request bytes, and parses them itself inside the call, so a message that is not valid
+protobuf is a ``ClientError`` (INVALID_ARGUMENT, counted, one log-free answer) like any other
+bad input, for every method and in streams too. (gRPC's own parsing would end the call
+UNKNOWN with a logged traceback, outside every interceptor, and leave a streaming handler
+waiting for a message that never comes.)
+
+``refusal(handler, code, message)`` ends a call without reading its request: interceptors
+that refuse calls (auth, admission) use it, so a refused call's message is never received.
+
 The server is ``grpc.aio``: handlers are coroutines (unary responses) or async generators
 (streamed responses), and ``wrap_handler`` gives an interceptor a handler of the same kind
 with its behaviour replaced.
@@ -113,6 +123,88 @@ def wrap_handler(
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(on_streaming, **codec)
     return grpc.stream_stream_rpc_method_handler(on_streaming, **codec)
+
+
+def refusal(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
+    """A handler that ends the call with ``code`` and ``message`` without reading the request.
+
+    It is registered as request-streaming whatever ``handler`` is: gRPC receives the request
+    message of a unary-request handler before the handler runs, and never for a streaming
+    one. The wire is the same for both (a method's arity is not sent), so the client sees
+    its own kind of call end with this status.
+    """
+
+    async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(code, message)
+        yield  # pragma: no cover - abort raises; this only makes the function a generator
+
+    serializer = handler.response_serializer
+    if handler.unary_unary or handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, None, serializer)
+    return grpc.stream_stream_rpc_method_handler(refuse_stream, None, serializer)
+
+
+class MalformedMessageError(ClientError):
+    """A request message is not valid protobuf of the method's request type."""
+
+
+def parser(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
+    """``deserializer`` as a function that raises ``MalformedMessageError`` (with the method
+    and the message size, never the bytes) for anything it cannot parse."""
+    if deserializer is None:
+        return lambda raw: raw
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:  # DecodeError and whatever a custom deserializer raises
+            raise MalformedMessageError(
+                f"malformed request message for {method}: {len(raw)} bytes that are not a "
+                f"valid protobuf message of the method's request type ({type(exc).__name__})"
+            ) from None
+
+    return parse
+
+
+class DecodeInterceptor(grpc.aio.ServerInterceptor):
+    """Parses request messages inside the call (see the module docstring); innermost."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = parser(handler.request_deserializer, handler_call_details.method)
+        fn = behaviour(handler)
+        streamed = bool(handler.stream_unary or handler.stream_stream)
+
+        async def messages(raw: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+            async for item in raw:
+                yield parse(item)
+
+        def request_of(raw: Any) -> Any:
+            return messages(raw) if streamed else parse(raw)
+
+        async def on_unary(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await fn(request_of(raw), context)
+
+        def on_streaming(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+            return fn(request_of(raw), context)  # an async generator, or a coroutine (Watch)
+
+        codec = {"request_deserializer": None, "response_serializer": handler.response_serializer}
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(on_unary, **codec)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(on_unary, **codec)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(on_streaming, **codec)
+        return grpc.stream_stream_rpc_method_handler(on_streaming, **codec)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):

@@ -85,12 +85,17 @@ def build_pipeline(config: ServerConfig) -> Pipeline:
     loaded = load_model(config, device)
     if loaded.spec is None:  # loaders return the spec they were given; guard the contract
         raise ModelLoadError(f"{loaded.source}: the loader returned no input spec")
+    spec = loaded.spec
     try:
         sentry = Sentry.load(
             loaded.model, config.bundle, device="cuda" if device.type == "cuda" else "cpu"
         )
+        # One input at the bottom of the range proves every manifest array fits the model
+        # (a mismatch here is a one-line start-up error, not a crash at warm-up).
+        x = torch.full((1, *spec.shape), spec.value_range[0], dtype=getattr(torch, spec.dtype))
+        sentry.check_fits(x.to(device))
     except (BundleError, ProbeError) as exc:
         # One error type for everything that stops a model from being served, so that the
         # command line (which must not import torch to catch them) reports it in one line.
         raise ModelLoadError(str(exc)) from None
-    return Pipeline(sentry, loaded.spec, device, config.max_batch_size)
+    return Pipeline(sentry, spec, device, config.max_batch_size)

@@ -14,14 +14,12 @@ import hashlib
 import hmac
 import logging
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 
 from service.config import ConfigError, ServerConfig
-from service.interceptors import Continuation, wrap_handler
+from service.interceptors import Continuation, refusal
 
 log = logging.getLogger(__name__)
 
@@ -157,21 +155,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         problem = self.authorized(handler_call_details.invocation_metadata)
         if problem is None:
             return handler
-        return _refusing(handler, problem)
-
-
-def _refusing(handler: grpc.RpcMethodHandler, problem: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that ends the call UNAUTHENTICATED without
-    reading the request (a streaming request is never consumed)."""
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
-
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
-        yield  # pragma: no cover - abort raises; this only makes the function a generator
-
-    return wrap_handler(handler, refuse, refuse_stream)
+        return refusal(handler, grpc.StatusCode.UNAUTHENTICATED, problem)
 
 
 def interceptors(config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:

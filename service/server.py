@@ -19,7 +19,9 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -32,14 +34,16 @@ from prometheus_client import CollectorRegistry
 
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
+from service.admission import AdmissionInterceptor, Limits
 from service.batcher import Batcher
-from service.config import ServerConfig, load_config
+from service.config import ConfigError, ServerConfig, load_config
 from service.event_loop import event_loop, on_loop
-from service.interceptors import ErrorInterceptor, MetricsInterceptor
+from service.interceptors import DecodeInterceptor, ErrorInterceptor, MetricsInterceptor
 from service.metrics import Metrics, MetricsHTTPServer, model_info
+from service.models import ModelLoadError
 from service.priority import lower_threads
+from service.security import OPEN_SERVICES, server_credentials
 from service.security import interceptors as security_interceptors
-from service.security import server_credentials
 from service.servicer import ReliabilityServicer
 from service.worker import ProcessPipeline, start_pipeline
 
@@ -48,10 +52,15 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reliability"].full_name
 HEALTH_NAMES = ("", SERVICE_NAME)
 DRAIN_POLL_SECONDS = 0.01
+# The drain stops gRPC only once no call has come in for this long: gRPC cancels calls it
+# has received but not yet handed over when it stops, and every call that comes in while
+# draining is answered (UNAVAILABLE) within milliseconds.
+DRAIN_QUIET_SECONDS = 0.25
 
 
-class BindError(RuntimeError):
-    """The server could not listen on the configured address."""
+class BindError(ConfigError):
+    """The server could not listen on the configured address (a port in use, an address
+    this host does not have): a configuration problem, one line and exit 2 at the CLI."""
 
 
 class SentryServer:
@@ -62,6 +71,7 @@ class SentryServer:
         grpc_server: grpc.aio.Server,
         health: health_aio.HealthServicer,
         servicer: ReliabilityServicer,
+        admission: AdmissionInterceptor,
         port: int,
         metrics: Metrics | None = None,
         metrics_http: MetricsHTTPServer | None = None,
@@ -69,6 +79,7 @@ class SentryServer:
         self.grpc_server = grpc_server
         self.health = health
         self.servicer = servicer
+        self.admission = admission
         self.port = port
         self.metrics = metrics
         self.metrics_http = metrics_http
@@ -82,10 +93,10 @@ class SentryServer:
         return None if self.metrics_http is None else self.metrics_http.port
 
     def stop(self, grace: float | None) -> threading.Event:
-        """NOT_SERVING for health checks, refuse new Reliability calls, then stop with
-        ``grace`` seconds for calls in flight; then the batcher answers what it still holds
-        and the model worker and metrics endpoint stop. Returns an event set when all is
-        stopped (the same event when called again)."""
+        """Drain, then stop: NOT_SERVING for health checks and every new call refused with
+        UNAVAILABLE; every call already admitted is answered (within ``grace`` seconds);
+        then the batcher, the model worker and the metrics endpoint stop. Returns an event
+        set when all is stopped (the same event when called again). None: stop at once."""
         with self._stopping:
             if self._stop_asked:
                 return self._stopped
@@ -98,28 +109,44 @@ class SentryServer:
         return self._stopped
 
     async def _stop_grpc(self, grace: float | None) -> None:
-        """Within ``grace``: let every admitted Reliability call finish while new ones are
-        refused by the servicer with UNAVAILABLE (gRPC itself would cancel calls arriving
-        while it stops), then stop gRPC with what is left of the grace. None: at once."""
+        """Within ``grace``: wait for every admitted call to end, then end the streams that
+        never would (health watches, reflection), then wait until no call has come in for
+        DRAIN_QUIET_SECONDS (every call gRPC has received has then been answered: gRPC
+        would cancel those still waiting for a handler), then stop gRPC with what is left."""
         loop = asyncio.get_running_loop()
+        admission = self.admission
         if grace is not None:
             deadline = loop.time() + grace
-            while self.servicer.active and loop.time() < deadline:
+
+            def waiting(more: bool) -> bool:
+                return more and loop.time() < deadline
+
+            while waiting(admission.busy > 0):
+                await asyncio.sleep(DRAIN_POLL_SECONDS)
+            admission.end_open_streams()
+            while waiting(
+                admission.busy + admission.open_streams.active > 0
+                or time.monotonic() - admission.last_call < DRAIN_QUIET_SECONDS
+            ):
                 await asyncio.sleep(DRAIN_POLL_SECONDS)
             grace = max(deadline - loop.time(), 0.0)
         await self.grpc_server.stop(grace)
 
     def begin_drain(self) -> None:
-        """The first step of ``stop``: health NOT_SERVING (for good), and new Reliability
-        calls refused with UNAVAILABLE while the transport still answers."""
-        self.servicer.draining.set()
-        on_loop(self.health.enter_graceful_shutdown())
+        """The first step of ``stop``: health NOT_SERVING (for good), new calls refused with
+        UNAVAILABLE while the transport still answers, open streams end at their next read."""
+        on_loop(self._begin_drain())
+
+    async def _begin_drain(self) -> None:
+        self.admission.begin_drain()
+        await self.health.enter_graceful_shutdown()
 
     def _finish(self, grpc_done: Any) -> None:
         try:
             grpc_done.result()
         except Exception:  # stopping goes on: the batcher and the worker must still end
             log.exception("stopping gRPC failed")
+        self.servicer.decoder.shutdown(wait=False, cancel_futures=True)
         batcher = self.servicer.batcher
         batcher.close(drain=True)
         batcher.pipeline.close()
@@ -142,10 +169,11 @@ async def _build_grpc(
     error text when binding failed)."""
     server = grpc.aio.server(
         interceptors=list(interceptors),
-        # Calls beyond max_workers are refused by gRPC (RESOURCE_EXHAUSTED) before they
-        # hold any memory; the batcher's queue bounds the inputs of those admitted.
-        maximum_concurrent_rpcs=config.max_workers,
+        # No maximum_concurrent_rpcs: it would count health checks with everything else.
+        # service.admission budgets calls by class, before their messages are read.
         options=[
+            # A second server on the same port must fail to start, not share the port.
+            ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
         ],
@@ -158,6 +186,9 @@ async def _build_grpc(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{config.host}:{config.port}"
+    problem = _port_taken(config.host, config.port)
+    if problem:
+        return server, health_servicer, 0, f": {problem}"
     try:
         port = (
             server.add_insecure_port(address)
@@ -167,6 +198,27 @@ async def _build_grpc(
     except RuntimeError as exc:
         return server, health_servicer, 0, f": {exc}"
     return server, health_servicer, port, ""
+
+
+def _port_taken(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be bound ("" when it can, or when gRPC must resolve the
+    host itself), tried with a plain socket first: gRPC core would log its own multi-line
+    error before saying it failed."""
+    if port == 0:
+        return ""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return ""
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            # As gRPC binds: past connections in TIME_WAIT do not block, a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                return exc.strerror or str(exc)
+    return ""
 
 
 async def _set_health(health_servicer: health_aio.HealthServicer, status: int) -> None:
@@ -192,10 +244,33 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
         metrics=metrics,
         dispatch_when_idle=config.dispatch_when_idle,
     )
-    servicer = ReliabilityServicer(pipeline, batcher)
+    servicer = ReliabilityServicer(
+        pipeline,
+        batcher,
+        decode_workers=config.decode_workers,
+        decode_budget_seconds=config.decode_budget_seconds,
+    )
     servicer.metrics = metrics
-    # Auth inside observability (refusals are counted), outside error mapping.
-    interceptors = [MetricsInterceptor(metrics), *auth, ErrorInterceptor()]
+    admission = AdmissionInterceptor(
+        Limits(
+            max_workers=config.max_workers,
+            max_streams=config.max_streams,
+            max_open_streams=config.max_open_streams,
+            stream_idle_seconds=config.stream_idle_seconds,
+            stream_max_seconds=config.stream_max_seconds,
+        ),
+        open_services=OPEN_SERVICES,
+    )
+    # Metrics outermost (every refusal is counted); auth before admission (a call without
+    # a token takes no budget); errors mapped for admission's stream timeouts and every
+    # handler; request bytes parsed innermost, so a malformed message is a client error.
+    interceptors = [
+        MetricsInterceptor(metrics),
+        *auth,
+        ErrorInterceptor(),
+        admission,
+        DecodeInterceptor(),
+    ]
     server, health_servicer, port, error = on_loop(
         _build_grpc(config, servicer, interceptors, credentials)
     )
@@ -212,30 +287,37 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
             f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
         ) from exc
     on_loop(server.start())
-    log.info("listening on %s:%d (NOT_SERVING until warm-up is done)", config.host, port)
+    log.info("listening on %s:%d; warming up (health NOT_SERVING until done)", config.host, port)
     try:
         pipeline.warm_up()
-    except BaseException:
+    except BaseException as exc:
         on_loop(server.stop(None))
         metrics_http.stop()
         batcher.close(drain=False)
         pipeline.close()
+        if isinstance(exc, Exception):  # the model and bundle cannot serve: a start-up error
+            raise ModelLoadError(f"the warm-up batch failed: {exc}") from exc
         raise
-    if isinstance(pipeline, ProcessPipeline):  # every thread exists now: lower them all
-        lower_threads(
-            config.server_nice, keep=ProcessPipeline.launcher_tids, base=pipeline.launcher_nice
-        )
     servicer.ready.set()
     on_loop(_set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING))
     log.info("gradsentry serving %s on %s:%d", SERVICE_NAME, config.host, port)
     log.info("metrics on http://%s:%d/metrics", config.host, metrics_http.port)
-    running = SentryServer(server, health_servicer, servicer, port, metrics, metrics_http)
+    running = SentryServer(
+        server, health_servicer, servicer, admission, port, metrics, metrics_http
+    )
     return running, port
 
 
 def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then drain gracefully (must run in the main thread)."""
     running, _ = create_server(config)
+    pipeline = running.servicer.pipeline
+    # The process is ours alone here (create_server leaves the priority of a process that
+    # embeds it, a test run for one, alone: lowering cannot be undone without privileges).
+    if isinstance(pipeline, ProcessPipeline):  # every thread exists now: lower them all
+        lower_threads(
+            config.server_nice, keep=ProcessPipeline.launcher_tids, base=pipeline.launcher_nice
+        )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: draining for up to %.1f s", signum, config.grace_seconds)

@@ -15,14 +15,13 @@ thread resolves its futures).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -31,7 +30,7 @@ from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
 from service.batcher import Batcher, DeadlineExceededError
 from service.codec import CodecError, decode
-from service.errors import ClientError, DrainingError, NotReadyError
+from service.errors import ClientError, NotReadyError
 from service.metrics import Metrics
 from service.pipeline import BasePipeline, Result
 
@@ -43,6 +42,10 @@ KIND_ENUM: dict[str, int] = {
     "corrupted": pb.CORRUPTED,
 }
 _DTYPE_ENUM: dict[str, int] = {"float32": pb.FLOAT32, "float64": pb.FLOAT64}
+# A call whose tensors hold at most this many bytes is decoded on the event loop: a few
+# copies and comparisons, ~1 ms for the whole amount; sending it to the decode pool would
+# cost two thread switches per call.
+_INLINE_TENSOR_BYTES = 256 * 1024
 # grpc reports ~9.2e18 s remaining for a call without a deadline.
 _NO_DEADLINE = 1e9
 # One stream message in flight: (index, request, decode seconds, future); an Exception ends
@@ -69,6 +72,17 @@ async def call_request_id(context: grpc.aio.ServicerContext, stream: bool = Fals
     else:
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
     return rid
+
+
+def check_request_ids(requests: Sequence[pb.CheckRequest]) -> None:
+    """Each request's own ``request_id`` (echoed in its response) follows the header's rule:
+    1-128 printable ASCII characters without spaces, or empty."""
+    for request in requests:
+        if request.request_id and not _REQUEST_ID.match(request.request_id):
+            raise ClientError(
+                f"CheckRequest.request_id must be 1-128 printable ASCII characters without "
+                f"spaces (got {len(request.request_id)} characters)"
+            )
 
 
 def call_timeout(context: grpc.aio.ServicerContext) -> float | None:
@@ -113,7 +127,7 @@ def to_response(
 ) -> pb.CheckResponse:
     """One pipeline Result -> CheckResponse, honouring the request's return_* options."""
     response = pb.CheckResponse(
-        request_id=request.request_id or request_id,
+        request_id=request.request_id or request_id,  # checked by check_request_id
         predicted_class=result.predicted_class,
         label=result.label,
         verdict=pb.FLAGGED if result.flagged else pb.RELIABLE,
@@ -140,33 +154,39 @@ def to_response(
 class ReliabilityServicer(pb_grpc.ReliabilityServicer):
     """The Reliability service for one pipeline, fed through its batcher."""
 
-    def __init__(self, pipeline: BasePipeline, batcher: Batcher) -> None:
+    def __init__(
+        self,
+        pipeline: BasePipeline,
+        batcher: Batcher,
+        decode_workers: int = 2,
+        decode_budget_seconds: float = 2.0,
+    ) -> None:
         self.pipeline = pipeline
         self.batcher = batcher
         self.ready = threading.Event()
-        self.draining = threading.Event()
-        # Reliability calls admitted and not yet finished (touched on the event loop only):
-        # a graceful stop waits for them before gRPC stops taking calls.
-        self.active = 0
+        # Images (and large tensors) are decoded here, off the event loop, so that one
+        # expensive call cannot stall every other call and health check.
+        self.decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+        self.decode_budget_seconds = decode_budget_seconds
         self.metrics: Metrics | None = None  # set by create_server
 
     async def Check(
         self, request: pb.CheckRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckResponse:
-        with self._admitted():
-            rid = await call_request_id(context)
-            return (await self._score([request], [rid], context))[0]
+        self._admit()
+        rid = await call_request_id(context)
+        return (await self._score([request], [rid], context))[0]
 
     async def CheckBatch(
         self, request: pb.CheckBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckBatchResponse:
-        with self._admitted():
-            rid = await call_request_id(context)
-            if not request.requests:
-                raise ClientError("empty batch: CheckBatchRequest.requests holds no inputs")
-            ids = [f"{rid}/{i}" for i in range(len(request.requests))]
-            responses = await self._score(request.requests, ids, context, "requests")
-            return pb.CheckBatchResponse(responses=responses)
+        self._admit()
+        rid = await call_request_id(context)
+        if not request.requests:
+            raise ClientError("empty batch: CheckBatchRequest.requests holds no inputs")
+        ids = [f"{rid}/{i}" for i in range(len(request.requests))]
+        responses = await self._score(request.requests, ids, context, "requests")
+        return pb.CheckBatchResponse(responses=responses)
 
     async def CheckStream(
         self, request_iterator: AsyncIterator[pb.CheckRequest], context: grpc.aio.ServicerContext
@@ -174,9 +194,9 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
         """Responses in request order. A reader task decodes and queues messages while
         earlier ones are scored (up to max_batch_size ahead), so one stream's inputs are
         batched together; an error ends the stream after the responses before it."""
-        with self._admitted():
-            async for response in self._stream(request_iterator, context):
-                yield response
+        self._admit()
+        async for response in self._stream(request_iterator, context):
+            yield response
 
     async def _stream(
         self, request_iterator: AsyncIterator[pb.CheckRequest], context: grpc.aio.ServicerContext
@@ -188,17 +208,17 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
             i = 0
             try:
                 async for request in request_iterator:
-                    try:
-                        self._admit()
-                        (array,), (dt,) = self._decode([request], "stream message", i)
-                        future = self.batcher.submit(array, call_deadline(context))
-                    except Exception as exc:
-                        await window.put(exc)
-                        return
+                    self._admit()
+                    check_request_ids([request])
+                    (array,), (dt,) = await self._decode([request], "stream message", i)
+                    future = self.batcher.submit(array, call_deadline(context))
                     await window.put((i, request, dt, future))
                     i += 1
             except (grpc.aio.AioRpcError, grpc.RpcError, ConnectionError):
                 pass  # the client went away mid-stream: end after what was read
+            except Exception as exc:  # a bad message, a full queue, the server draining...
+                await window.put(exc)  # ... ends the stream after the answers before it
+                return
             await window.put(None)
 
         reader = asyncio.get_running_loop().create_task(read())
@@ -249,19 +269,9 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
             max_batch_size=self.pipeline.max_batch_size,
         )
 
-    @contextlib.contextmanager
-    def _admitted(self) -> Iterator[None]:
-        """Admit a call (or refuse it: draining, not ready) and count it while it runs."""
-        self._admit()
-        self.active += 1
-        try:
-            yield
-        finally:
-            self.active -= 1
-
     def _admit(self) -> None:
-        if self.draining.is_set():
-            raise DrainingError("the server is shutting down; retry on another replica")
+        """Refuse work until the model has warmed up (budgets and draining are
+        ``service.admission``'s)."""
         if not self.ready.is_set():
             raise NotReadyError("the model is still loading; retry when health is SERVING")
 
@@ -272,33 +282,63 @@ class ReliabilityServicer(pb_grpc.ReliabilityServicer):
         context: grpc.aio.ServicerContext,
         where: str | None = None,
     ) -> list[pb.CheckResponse]:
-        """Decode every request (naming the bad one), queue them all or none (the batcher
-        may group them with other calls' inputs), wait for their results, respond."""
-        arrays, decode_times = self._decode(requests, where)
-        if len(arrays) > self.batcher.queue_size:
+        """Count the requests, decode every one (naming the bad one), queue them all or
+        none (the batcher may group them with other calls' inputs), wait for their
+        results, respond."""
+        if len(requests) > self.batcher.queue_size:  # before decoding any of them
             raise ClientError(
-                f"{len(arrays)} inputs in one call; this server queues at most "
+                f"{len(requests)} inputs in one call; this server queues at most "
                 f"{self.batcher.queue_size} at a time: split the call"
             )
+        check_request_ids(requests)
+        arrays, decode_times = await self._decode(requests, where)
         futures = self.batcher.submit_many(arrays, call_deadline(context))
         results = await wait_results(futures, context)
         return self._respond(results, requests, ids, decode_times)
 
-    def _decode(
+    async def _decode(
         self, requests: Sequence[pb.CheckRequest], where: str | None = None, offset: int = 0
     ) -> tuple[list[np.ndarray], list[float]]:
-        """Each request -> array [1, C, H, W] and its decode seconds; a CodecError names
-        ``where`` and the request's index (``offset`` + position) when ``where`` is given."""
+        """Each request -> array [1, C, H, W] and its decode seconds (``decode_now``):
+        small tensors on the event loop (microseconds, their size checked first), images
+        and large tensors in the decode pool, within ``decode_budget_seconds``."""
+        inline = sum(len(r.tensor.data) for r in requests) <= _INLINE_TENSOR_BYTES and not any(
+            r.WhichOneof("input") == "image" for r in requests
+        )
+        if inline:
+            return self.decode_now(requests, where, offset)
+        deadline = time.perf_counter() + self.decode_budget_seconds
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.decoder, self.decode_now, requests, where, offset, deadline
+        )
+
+    def decode_now(
+        self,
+        requests: Sequence[pb.CheckRequest],
+        where: str | None = None,
+        offset: int = 0,
+        deadline: float | None = None,
+    ) -> tuple[list[np.ndarray], list[float]]:
+        """Decode in this thread; a CodecError names ``where`` and the request's index
+        (``offset`` + position) when ``where`` is given; past ``deadline`` (a
+        ``time.perf_counter()`` value) the call is refused."""
         arrays: list[np.ndarray] = []
         decode_times: list[float] = []
         for i, request in enumerate(requests):
             t0 = time.perf_counter()
+            if deadline is not None and t0 > deadline:
+                raise ClientError(
+                    f"decoding this call's inputs took more than {self.decode_budget_seconds:g} "
+                    f"s (the server's decode_budget_seconds) after {i} of {len(requests)}: "
+                    "send fewer or smaller inputs per call"
+                )
             try:
                 arrays.append(decode(request, self.pipeline.spec))
             except CodecError as exc:
                 if where is None:
                     raise
-                raise CodecError(f"{where} {offset + i}: {exc}") from exc
+                raise CodecError(f"{where} {offset + i}: {exc}") from None
             decode_times.append(time.perf_counter() - t0)
         if self.metrics is not None:
             for dt in decode_times:

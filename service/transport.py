@@ -19,12 +19,19 @@ SERVER_EXPERIMENTS = "-event_engine_listener"
 
 ENV = "GRPC_EXPERIMENTS"
 
+#: gRPC core's own log level. Core logs every failed TLS handshake at INFO (one line per
+#: plaintext probe of a TLS port, without limit: anyone who can connect can fill the log);
+#: the server logs its own events through Python logging. Errors still reach the log.
+VERBOSITY_ENV, SERVER_VERBOSITY = "GRPC_VERBOSITY", "ERROR"
+
 
 def apply_server_defaults() -> str | None:
-    """Set ``GRPC_EXPERIMENTS`` to ``SERVER_EXPERIMENTS`` unless the environment already
-    sets it (an operator's value, even empty, wins). Returns the value grpc will use, or
+    """Set ``GRPC_EXPERIMENTS`` to ``SERVER_EXPERIMENTS`` and ``GRPC_VERBOSITY`` to
+    ``SERVER_VERBOSITY`` unless the environment already sets them (an operator's value,
+    even empty, wins). Returns the value grpc will use, or
     None when grpc is already imported and the setting can no longer take effect (then
     nothing is changed)."""
     if "grpc" in sys.modules:
         return None
+    os.environ.setdefault(VERBOSITY_ENV, SERVER_VERBOSITY)
     return os.environ.setdefault(ENV, SERVER_EXPERIMENTS)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -50,3 +53,14 @@ def digits_model(digits: tuple[np.ndarray, np.ndarray]) -> MnistCNN:
     for p in model.parameters():
         p.grad = None
     return model
+
+
+_START_NICE = os.getpriority(os.PRIO_PROCESS, 0)
+
+
+@pytest.fixture(autouse=True)
+def _priority_unchanged() -> Iterator[None]:
+    """No test may change the test process's CPU priority (it cannot be raised back, and
+    every later test would run at it): only ``serve``, which owns its process, lowers it."""
+    yield
+    assert os.getpriority(os.PRIO_PROCESS, 0) == _START_NICE, "this test lowered the process"

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from detectors.models import ModelLoadError
+from detectors.models import ModelLoadError, weights_problem
 from service.models.archive import MarArchive
 from service.models.common import build_eager, finish, merge_labels, parse_index_to_name
 from service.models.registry import LoadedModel, register_loader, torch_file_kind
@@ -255,8 +255,8 @@ def _load_state(model: nn.Module, weights: Path, what: str) -> None:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file or a pickle needing unsafe globals
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{what}: cannot read the state dict: {first}") from None
+        problem = weights_problem(exc)
+        raise ModelLoadError(f"{what}: cannot read the state dict: {problem}") from None
     if not isinstance(state, dict):
         raise ModelLoadError(f"{what} does not hold a state dict ({type(state).__name__})")
     try:

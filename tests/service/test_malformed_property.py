@@ -1,17 +1,18 @@
 """Property: every malformed request is INVALID_ARGUMENT naming its problem, and the server
 shrugs it off.
 
-Hypothesis sends well over 2,000 malformed requests to ONE real server (the session's) over
-one channel: unknown or unset dtypes, wrong shapes, wrong byte counts (including another
-dtype's bytes), NaN/Inf, out-of-range values, empty inputs, oversized inputs (huge shapes,
-surplus data, large or decompression-bomb images), undecodable images (random bytes,
-truncated PNG/JPEG, other formats, broken checksums) and malformed request ids — through
-Check, CheckBatch (behind valid inputs, so the index must be named) and CheckStream. Each
-case knows the words its answer must contain. Afterwards the server must still be SERVING
-and give the same answers as before for valid inputs.
+Hypothesis sends well over 2,000 malformed inputs (in well-formed protobuf) to ONE real
+server (the session's) over one channel: unknown or unset dtypes, wrong shapes, wrong byte
+counts (including another dtype's bytes), NaN/Inf, out-of-range values, empty inputs,
+oversized inputs (huge shapes, surplus data, large or decompression-bomb images),
+undecodable images (random bytes, truncated PNG/JPEG, other formats, broken checksums) and
+malformed request ids — through Check, CheckBatch (behind valid inputs, so the index must
+be named) and CheckStream. Each case knows the words its answer must contain. Afterwards
+the server must still be SERVING and give the same answers as before for valid inputs.
 
 Messages larger than the transport limit (``max_message_bytes``) never reach the service:
 gRPC itself answers RESOURCE_EXHAUSTED, as the gRPC spec prescribes; that is tested here too.
+Bytes that are not protobuf at all: ``test_malformed_protobuf.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -47,6 +48,8 @@ NEAR_MISS_SHAPES = [
     [1, 1, 1, 28, 28], [1, 0, 28], [1, -28, 28], [], [784], [1, 784],
 ]  # fmt: skip
 EXAMPLES = 2100  # each example is one RPC
+# Fixed: a failure in CI replays here (hypothesis prints this seed with a failing example).
+SEED = 20261202
 SEEDS = st.integers(0, 2**32 - 1)
 
 
@@ -182,7 +185,7 @@ def out_of_range(draw: st.DrawFn) -> Case:
     bad = np.concatenate([rng.uniform(-6e4, -0.01, count), rng.uniform(1.01, 6e4, count)])
     x[rng.choice(PIXELS, count, replace=False)] = rng.choice(bad, count)
     as_model = x.astype(np.float32)  # what the server compares, in the model's dtype
-    found = f"found [{float(as_model.min()):g}, {float(as_model.max()):g}]"
+    found = f"found [{float(as_model.min())!r}, {float(as_model.max())!r}]"
     request = _tensor(dtype, draw(st.sampled_from(VALID_SHAPES)), x.tobytes())
     return Case("out of range", request, (f"values out of range: {found}",))
 
@@ -228,7 +231,8 @@ def oversized(draw: st.DrawFn) -> Case:
         buf = io.BytesIO()
         Image.new("L", (width, height), color=draw(st.integers(0, 255))).save(buf, format=fmt)
         message = f"wrong image size {width}x{height} (width x height)"
-        return Case("oversized image", _image(buf.getvalue()), (message,))
+        too_many_bytes = "bytes per 28x28 image"  # a large image may be refused unparsed
+        return Case("oversized image", _image(buf.getvalue()), (message, too_many_bytes))
     width, height = draw(st.tuples(st.integers(1, 2**31 - 1), st.integers(1, 2**31 - 1)))
     if (width, height) == (28, 28):
         height += 1
@@ -248,9 +252,8 @@ def undecodable(draw: st.DrawFn) -> Case:
         data = prefix + draw(st.binary(min_size=1, max_size=600))
         # Random bytes behind a JPEG signature can spell a header with some size; naming
         # that size is naming the problem too.
-        return Case(
-            "random bytes", _image(data), ("undecodable image", "wrong image size", "too large")
-        )
+        expect = ("undecodable image", "wrong image size", "too large", "PNG chunks or JPEG")
+        return Case("random bytes", _image(data), expect)
     if choice == 1:  # a real PNG cut inside its pixel data or earlier
         png = _encoded(draw(SEEDS), "PNG")
         cut = draw(st.integers(1, len(png) - 24))
@@ -364,6 +367,7 @@ def test_malformed_requests_are_invalid_argument_and_harmless(
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
+    @seed(SEED)
     @given(case=MALFORMED, method=METHODS, before_count=st.integers(0, 3))
     def each_is_refused(case: Case, method: str, before_count: int) -> None:
         prefix, code, details = send(stub, case, method, before_count)

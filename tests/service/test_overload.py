@@ -21,8 +21,7 @@ from service.config import build_config, load_config
 from service.errors import QueueFullError
 from service.pipeline import Pipeline, Result
 from service.server import SentryServer, create_server
-
-WAIT = 60.0  # generous: the suite shares 2 cores
+from tests.servers import WAIT, calls_ended, tensor_request, wait_calls_ended
 
 
 class CountingPipeline(Pipeline):
@@ -51,8 +50,7 @@ def digits(samples, n: int) -> list[np.ndarray]:
 
 
 def request(x: np.ndarray) -> pb.CheckRequest:
-    tensor = pb.Tensor(dtype=pb.FLOAT32, shape=list(x.shape), data=x.astype("<f4").tobytes())
-    return pb.CheckRequest(tensor=tensor)
+    return tensor_request(x)
 
 
 def start(**settings: object) -> tuple[SentryServer, grpc.Channel]:
@@ -172,6 +170,10 @@ def test_a_call_whose_deadline_passes_in_the_queue_is_not_computed(samples) -> N
         with pytest.raises(grpc.RpcError) as info:
             stub.Check(request(x), timeout=0.3)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The client's own timer says DEADLINE_EXCEEDED either way; the server must have
+        # ended the call so too (not OK, not CANCELLED), and counted it.
+        assert wait_calls_ended(running, "Check", "DEADLINE_EXCEEDED", 1) == 1
+        assert calls_ended(running, "Check", "OK") == 0
         assert len(backlog.result().responses) == 512
         stats = batcher.stats()
         # The late call never reached the model: dropped as expired or cancelled.

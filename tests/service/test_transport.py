@@ -8,7 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
+import pytest
+from grpc_health.v1.health_pb2 import HealthCheckRequest
+from grpc_health.v1.health_pb2_grpc import HealthStub
+
 from service import transport
+from tests.servers import serve_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +36,8 @@ def run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_the_default_is_set_before_grpc_loads_and_grpc_knows_it() -> None:
     out = run(
         "from service import transport; print(transport.apply_server_defaults()); "
-        "import os, grpc; print(os.environ['GRPC_EXPERIMENTS'])"
+        "import os, grpc; print(os.environ['GRPC_EXPERIMENTS'])",
+        GRPC_VERBOSITY="INFO",  # so that a warning about the experiment would show
     )
     assert out.stdout.split() == [transport.SERVER_EXPERIMENTS] * 2
     # A name grpc does not know is logged and ignored: after an upgrade, re-measure.
@@ -93,3 +100,22 @@ def test_without_uvloop_the_loop_is_asyncios_own() -> None:
 def test_serve_says_when_grpc_was_imported_too_early() -> None:
     out = run(cli_help("serve", before="import grpc"))
     assert "gRPC core keeps its own defaults" in out.stderr, out.stderr
+
+
+def test_plaintext_probes_of_a_tls_port_leave_no_log_lines(tmp_path: Path) -> None:
+    """gRPC core logs each failed handshake; the server runs it at ERROR level, so probes
+    (anyone who can connect) cannot fill the log."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj",
+         "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+        cwd=tmp_path, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    tls = {"tls_cert_file": str(tmp_path / "cert.pem"), "tls_key_file": str(tmp_path / "key.pem")}
+    with serve_process(tmp_path, model_worker="inline", **tls) as server:
+        for _ in range(20):
+            with grpc.insecure_channel(server.target) as channel:
+                with pytest.raises(grpc.RpcError):
+                    HealthStub(channel).Check(HealthCheckRequest(), timeout=2)
+        text = server.log_text()
+    assert "Handshake failed" not in text and "ssl_transport_security" not in text, text

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -25,8 +26,7 @@ from service.priority import nice_of
 from service.server import SentryServer, create_server
 from service.wire import WireError, pack, pack_verdicts, unpack, unpack_verdicts
 from service.worker import ProcessPipeline, start_pipeline
-
-WAIT = 60.0  # generous: the suite shares 2 cores
+from tests.servers import WAIT, serve_process, tensor_request
 
 
 def config(**settings: object):
@@ -112,7 +112,7 @@ def test_a_worker_that_cannot_load_says_why(worker: str, tmp_path) -> None:
 @pytest.fixture()
 def process_server() -> Iterator[tuple[SentryServer, grpc.Channel]]:
     torch.set_num_threads(1)
-    running, port = create_server(config(model_worker="process", max_delay_ms=0, server_nice=5))
+    running, port = create_server(config(model_worker="process", max_delay_ms=0))
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield running, channel
     channel.close()
@@ -144,12 +144,8 @@ def test_a_killed_worker_is_replaced_and_the_server_keeps_serving(process_server
         assert reply.score == pytest.approx(before.score, rel=1e-9)
         np.testing.assert_allclose(reply.features, before.features, rtol=1e-9)
 
-    # The gRPC process runs below the worker's CPU priority (server_nice), so the model,
-    # the bottleneck, runs first when both want a core.
     first = pipeline.pid
     assert first is not None
-    assert nice_of(first) == pipeline.launcher_nice
-    assert os.getpriority(os.PRIO_PROCESS, 0) == min(19, pipeline.launcher_nice + 5)
 
     # Killed while idle: noticed at once, and the next call starts a new worker.
     os.kill(first, signal.SIGKILL)
@@ -172,7 +168,6 @@ def test_a_killed_worker_is_replaced_and_the_server_keeps_serving(process_server
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == serving
     same_answer(stub.Check(request, timeout=WAIT))
     assert pipeline.restarts == 2 and pipeline.pid not in (None, first, second)
-    # A restarted worker keeps the worker's priority, not the lowered one of the server.
     assert nice_of(pipeline.pid) == pipeline.launcher_nice
     assert running.servicer.batcher.stats().peak_in_flight >= 1
 
@@ -201,3 +196,39 @@ def test_the_batcher_keeps_two_batches_with_the_worker(samples) -> None:
             assert b.score == pytest.approx(a.score, rel=1e-9, abs=0)
     finally:
         pipeline.close()
+
+
+def children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (Linux)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_the_server_process_runs_below_its_model_worker(tmp_path: Path, samples) -> None:
+    """The gRPC process runs server_nice below the worker's CPU priority, so the model, the
+    bottleneck, runs first when both want a core; a restarted worker keeps the worker's
+    priority, not the lowered one of the server (a real serve process: lowering a process
+    cannot be undone without privileges, so no test lowers its own)."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    with serve_process(tmp_path, server_nice=5, max_delay_ms=0) as server:
+        threads = [int(t) for t in os.listdir(f"/proc/{server.proc.pid}/task")]
+        (worker,) = children(server.proc.pid)
+        assert nice_of(worker) == base
+        # Every thread of the server but the one that launches workers is lowered.
+        lowered = [t for t in threads if os.getpriority(os.PRIO_PROCESS, t) == min(19, base + 5)]
+        assert len(lowered) == len(threads) - 1
+        os.kill(worker, signal.SIGKILL)
+        x = digits(samples, 1)[0][0]
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.ReliabilityStub(channel)
+            for _ in range(50):  # the first call may meet the dead worker: UNAVAILABLE
+                try:
+                    stub.Check(tensor_request(x), timeout=WAIT)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+        (restarted,) = children(server.proc.pid)
+        assert restarted != worker and nice_of(restarted) == base
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base
