@@ -32,6 +32,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from detectors.errors import ModelLoadError
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
 from service.admission import AdmissionInterceptor, Limits
@@ -40,7 +41,6 @@ from service.config import ConfigError, ServerConfig, load_config
 from service.event_loop import event_loop, on_loop
 from service.interceptors import DecodeInterceptor, ErrorInterceptor, MetricsInterceptor
 from service.metrics import Metrics, MetricsHTTPServer, model_info
-from service.models import ModelLoadError
 from service.priority import lower_threads
 from service.security import OPEN_SERVICES, server_credentials
 from service.security import interceptors as security_interceptors

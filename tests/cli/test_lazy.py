@@ -44,3 +44,18 @@ def test_health_imports_grpc_and_not_numpy() -> None:
 def test_a_lab_command_still_loads_its_libraries() -> None:
     """The check above can fail: a lab command's --help does import torch."""
     assert "torch" in imported_after(["fit", "--help"], HEAVY)
+
+
+def test_the_grpc_process_never_imports_torch() -> None:
+    """With the model in its worker process, the gRPC process stays light: it starts the
+    worker first and serves while the worker imports torch (start-up overlaps)."""
+    code = (
+        "import sys, service.server, service.serve_cli, service.worker\n"
+        "print('IMPORTED:', *(m for m in ('torch', 'onnx', 'scipy') if m in sys.modules),"
+        " file=sys.stderr)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    (line,) = (x for x in out.stderr.splitlines() if x.startswith("IMPORTED:"))
+    assert line.split()[1:] == []
