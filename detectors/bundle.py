@@ -237,7 +237,7 @@ def load_bundle(
     *,
     model_fingerprint: str | None = None,
     feature_schema: Sequence[Mapping[str, Any]] | None = None,
-    device: Device = "auto",
+    device: Device = "cpu",
 ) -> Bundle:
     """Read and verify a bundle; optionally refuse it for another model or feature schema.
 

@@ -39,7 +39,7 @@ class Sentry:
 
     @classmethod
     def load(
-        cls, model: nn.Module, bundle_dir: str | os.PathLike[str], device: Device = "auto"
+        cls, model: nn.Module, bundle_dir: str | os.PathLike[str], device: Device = "cpu"
     ) -> Sentry:
         """Verify and load; BundleError (a ValueError) names any mismatch."""
         # The fingerprint is checked first: another model's bundle is refused as such,

@@ -87,9 +87,10 @@ def build_pipeline(config: ServerConfig) -> Pipeline:
         raise ModelLoadError(f"{loaded.source}: the loader returned no input spec")
     spec = loaded.spec
     try:
-        sentry = Sentry.load(
-            loaded.model, config.bundle, device="cuda" if device.type == "cuda" else "cpu"
-        )
+        # H on the CPU whatever the model's device: its heads are a few float64 ai.onnx.ml
+        # ops with no CUDA kernels, so a GPU provider would only add copies (and a CUDA
+        # torch beside the CPU onnxruntime must still start).
+        sentry = Sentry.load(loaded.model, config.bundle, device="cpu")
         # One input at the bottom of the range proves every manifest array fits the model
         # (a mismatch here is a one-line start-up error, not a crash at warm-up).
         x = torch.full((1, *spec.shape), spec.value_range[0], dtype=getattr(torch, spec.dtype))

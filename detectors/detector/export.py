@@ -41,7 +41,7 @@ def to_onnx(detector: ReliabilityDetector) -> dict[str, bytes]:
     return out
 
 
-def to_onnx_detector(detector: ReliabilityDetector, *, device: Device = "auto") -> OnnxDetector:
+def to_onnx_detector(detector: ReliabilityDetector, *, device: Device = "cpu") -> OnnxDetector:
     """The ONNX twin of a fitted detector (same transform, strategy, kinds and threshold)."""
     return OnnxDetector(
         to_onnx(detector),

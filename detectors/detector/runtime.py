@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
+import re
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -21,7 +22,27 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 _INPUT_DTYPES = {"tensor(double)": np.float64, "tensor(float)": np.float32}
 
-Device = Literal["auto", "cpu", "cuda"]
+# "cpu" (the default: H's heads are a few float64 ai.onnx.ml ops, which have no CUDA
+# kernels, so a GPU provider would only add copies), "auto" (the same), or "cuda" /
+# "cuda:N" to ask onnxruntime's CUDA provider on device N, falling back to CPU with a log
+# line when that provider is missing or does not take the session.
+Device = str
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:[0-9]+)?)$")
+
+log = logging.getLogger(__name__)
+
+
+def providers_for(
+    device: Device, available: Sequence[str]
+) -> list[str | tuple[str, dict[str, str]]]:
+    """The onnxruntime providers to ask for ``device``, given the ``available`` ones:
+    CUDA with its ``device_id`` first when "cuda[:N]" is asked and present, CPU always."""
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise ValueError(f"device must be 'cpu', 'auto', 'cuda' or 'cuda:N', got {device!r}")
+    if device.startswith("cuda") and CUDA in available:
+        index = device.partition(":")[2] or "0"
+        return [(CUDA, {"device_id": index}), CPU]
+    return [CPU]
 
 
 class InvalidOnnxHeadError(ValueError):
@@ -39,8 +60,9 @@ class OnnxDetector(ScoringMixin):
         strategy: name in ``STRATEGIES``.
         kinds: the fitted challenge kinds.
         threshold: flagged = P(challenging) ≥ threshold, in [0, 1].
-        device: "auto" uses onnxruntime's CUDA provider when it is present and actually
-            selected by the session, else CPU; "cuda" raises RuntimeError when it is not.
+        device: "cpu" (default) or "auto": onnxruntime's CPU provider. "cuda" / "cuda:N":
+            its CUDA provider on device N when present and actually selected by the
+            session, else CPU, with a warning (``providers_for``).
         intra_op_threads: onnxruntime threads per session. H is a tiny model on [B, F]
             inputs, so one thread avoids contention with the classifier's own threads.
         attribution_temperature: temperature applied to the attribution head's
@@ -58,7 +80,7 @@ class OnnxDetector(ScoringMixin):
         kinds: Sequence[str],
         threshold: float,
         *,
-        device: Device = "auto",
+        device: Device = "cpu",
         intra_op_threads: int = 1,
         attribution_temperature: float = 1.0,
     ) -> None:
@@ -78,8 +100,7 @@ class OnnxDetector(ScoringMixin):
             raise ValueError(
                 f"attribution_temperature must be a number > 0, got {attribution_temperature!r}"
             )
-        if device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        plan = providers_for(device, ort.get_available_providers())
         self.strategy_ = get_strategy(strategy)
         self.kinds_ = check_kind_list(kinds)
         expected = self.strategy_.head_names(self.kinds_)
@@ -94,7 +115,7 @@ class OnnxDetector(ScoringMixin):
         self.threshold_ = float(threshold)
         self.attribution_temperature_ = float(attribution_temperature)
         self._sessions = {
-            name: _session(name, heads[name], device, intra_op_threads) for name in expected
+            name: _session(name, heads[name], plan, intra_op_threads) for name in expected
         }
         widths = {name: _input_width(name, s) for name, s in self._sessions.items()}
         if len(set(widths.values())) != 1:
@@ -110,8 +131,17 @@ class OnnxDetector(ScoringMixin):
             name: (s.get_inputs()[0].name, _INPUT_DTYPES[s.get_inputs()[0].type])
             for name, s in self._sessions.items()
         }
-        self.providers_ = list(next(iter(self._sessions.values())).get_providers())
+        first = next(iter(self._sessions.values()))
+        self.providers_ = list(first.get_providers())
+        self.provider_options_ = dict(first.get_provider_options())
         self.device_ = "cuda" if CUDA in self.providers_ else "cpu"
+        if device.startswith("cuda") and self.device_ == "cpu":
+            log.warning(
+                "detector: %s asked, onnxruntime's CUDA provider is not usable here "
+                "(available: %s); scoring H on the CPU",
+                device,
+                ", ".join(ort.get_available_providers()),
+            )
 
     def _head_probas(self, Xt: np.ndarray) -> dict[str, np.ndarray]:
         out = {}
@@ -128,8 +158,15 @@ class OnnxDetector(ScoringMixin):
         )
 
 
-def _session(name: str, model_bytes: bytes, device: Device, threads: int) -> ort.InferenceSession:
-    """An inference session for one head, on CUDA when requested/possible, else on CPU."""
+def _session(
+    name: str,
+    model_bytes: bytes,
+    plan: list[str | tuple[str, dict[str, str]]],
+    threads: int,
+) -> ort.InferenceSession:
+    """An inference session for one head with the ``plan``'s providers; CPU alone when the
+    CUDA provider cannot build it (a broken CUDA install raises; onnxruntime-gpu falls back
+    to CPU by itself, which ``providers_`` then shows)."""
     if not isinstance(model_bytes, bytes | bytearray):
         raise TypeError(f"head {name!r} must be bytes, got {type(model_bytes).__name__}")
     # No separate onnx.checker pass: onnxruntime parses and checks the graph itself when it
@@ -139,19 +176,11 @@ def _session(name: str, model_bytes: bytes, device: Device, threads: int) -> ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # onnxruntime's provider-fallback notices are not errors
-    if device != "cpu" and CUDA in ort.get_available_providers():
+    if len(plan) > 1:
         try:
-            session = ort.InferenceSession(bytes(model_bytes), options, providers=[CUDA, CPU])
-        except Exception:  # a broken CUDA install raises here; CPU is still correct
-            session = None
-        # onnxruntime-gpu silently falls back to CPU when CUDA does not work: ask the session.
-        if session is not None and CUDA in session.get_providers():
-            return session
-    if device == "cuda":
-        raise RuntimeError(
-            "device='cuda' was requested but onnxruntime's CUDA provider is not "
-            f"usable here (available: {ort.get_available_providers()})"
-        )
+            return ort.InferenceSession(bytes(model_bytes), options, providers=plan)
+        except Exception:  # CPU is still correct; an invalid head fails again just below
+            pass
     try:
         return ort.InferenceSession(bytes(model_bytes), options, providers=[CPU])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types

@@ -15,6 +15,7 @@ from detectors.detector import (
     to_onnx,
     to_onnx_detector,
 )
+from detectors.detector.runtime import CPU, CUDA, providers_for
 from tests.detector.conftest import COMBOS, KINDS
 
 Fitted = dict[tuple[str, str], ReliabilityDetector]
@@ -61,14 +62,45 @@ def test_session_provider_is_reported(fitted: Fitted) -> None:
     assert cpu.providers_ == ["CPUExecutionProvider"] and cpu.device_ == "cpu"
 
 
-def test_cuda_request_matches_what_onnxruntime_can_do(fitted: Fitted) -> None:
+def test_a_cuda_request_falls_back_to_the_cpu_with_a_warning(
+    fitted: Fitted, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CUDA torch beside the CPU onnxruntime (or a broken CUDA install) must still score:
+    H asked for "cuda:1" runs where onnxruntime really can, and says so."""
     det = fitted["logistic", "binary"]
+    twin = to_onnx_detector(det, device="cuda:1")
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        assert to_onnx_detector(det, device="cuda").device_ == "cuda"
+        assert twin.device_ == "cuda"
+        assert twin.provider_options_["CUDAExecutionProvider"]["device_id"] == "1"
     else:
-        with pytest.raises(RuntimeError, match="CUDA provider is not usable"):
-            to_onnx_detector(det, device="cuda")
-        assert to_onnx_detector(det, device="auto").device_ == "cpu"
+        assert twin.device_ == "cpu" and twin.providers_ == ["CPUExecutionProvider"]
+        assert "cuda:1 asked" in caplog.text and "scoring H on the CPU" in caplog.text
+    X = np.random.default_rng(0).random((4, det.n_features_in_)) + 0.1
+    np.testing.assert_allclose(twin.predict_proba(X), det.predict_proba(X), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("device", "available", "plan"),
+    [
+        ("cpu", [CUDA, CPU], [CPU]),
+        ("auto", [CUDA, CPU], [CPU]),
+        ("cuda", [CUDA, CPU], [(CUDA, {"device_id": "0"}), CPU]),
+        ("cuda:1", [CUDA, CPU], [(CUDA, {"device_id": "1"}), CPU]),
+        ("cuda:1", [CPU], [CPU]),
+    ],
+)
+def test_the_device_index_reaches_onnxruntime(
+    device: str, available: list[str], plan: list[object]
+) -> None:
+    """ "cuda:N" asks the CUDA provider for device N, never device 0 (no GPU needed: this is
+    the provider list onnxruntime gets)."""
+    assert providers_for(device, available) == plan
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "CPU", ""])
+def test_an_unknown_device_is_refused(fitted: Fitted, device: str) -> None:
+    with pytest.raises(ValueError, match="device must be"):
+        to_onnx_detector(fitted["logistic", "binary"], device=device)
 
 
 def test_onnx_detector_rejects_inconsistent_parts(fitted: Fitted) -> None:
