@@ -1,0 +1,45 @@
+"""``benchmarks/gpu_check.py`` runs end to end on the CPU (``--device cpu --quick``), so the
+one-shot device check works the day a GPU is there."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SECTIONS = ("environment", "placement", "device_vs_cpu", "batched_vs_alone", "probe_cost")
+
+
+def test_the_device_check_runs_on_the_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu_check.py",
+            "--device",
+            "cpu",
+            "--quick",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for name in (*SECTIONS, "sidecar"):
+        assert "error" not in report[name], report[name]
+    assert report["placement"]["model_parameters"] == ["cpu"]
+    assert report["placement"]["detector_device"] == "cpu"
+    # The CPU against itself: nothing may differ (the same kernels on the same inputs).
+    assert report["device_vs_cpu"]["verdict_flips"] == 0
+    assert report["device_vs_cpu"]["max_score_difference"] == 0.0
+    assert report["batched_vs_alone"]["prediction_flips"] == 0
+    cost = report["probe_cost"]["batch_4"]
+    assert cost["probe_s"] > 0 and cost["probe_counts"]["kernels"] > 0
+    assert report["sidecar"]["batching on"]["errors"] == 0
+    assert report["sidecar"]["batching on"]["requests_per_second"] > 0
