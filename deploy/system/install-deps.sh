@@ -9,8 +9,8 @@
 #
 # Usage: deploy/system/install-deps.sh [--check]
 #   --check   only report what is missing (exit 1 if anything is); install nothing.
-# Exit 0 when every command is present afterwards; otherwise one line per missing command,
-# naming it and its Debian package, and exit 2.
+# Exit 0 when every command (and data file) is present afterwards; otherwise one line per
+# missing one, naming it and its Debian package, and exit 2.
 set -uo pipefail
 
 # command -> the Debian package that provides it:
@@ -20,6 +20,8 @@ set -uo pipefail
 #   node, npm             the Grafana dashboard's type-check
 #   docker, dockerd       the container image test
 #   debootstrap           the image's local base; this script's own test
+# An entry that starts with / is a file or folder a data package provides:
+#   /usr/share/datasets/fashion-mnist   the Fashion-MNIST benchmark's images
 NEEDS=(
   "prometheus prometheus"
   "promtool prometheus"
@@ -30,11 +32,14 @@ NEEDS=(
   "docker docker.io"
   "dockerd docker.io"
   "debootstrap debootstrap"
+  "/usr/share/datasets/fashion-mnist dataset-fashion-mnist"
 )
 # No special case for npm: a NodeSource node ships its own npm, so npm is only missing
 # beside a Debian node, whose npm package then installs cleanly.
 
-has() { command -v "$1" >/dev/null 2>&1; }
+has() {
+  if [[ "$1" == /* ]]; then [[ -e "$1" ]]; else command -v "$1" >/dev/null 2>&1; fi
+}
 
 report() {  # one line per missing command; $1 is appended to each
   local need cmd pkg

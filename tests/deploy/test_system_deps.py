@@ -116,7 +116,16 @@ def install(root: Path) -> subprocess.CompletedProcess[str]:
 
 
 def missing(root: Path) -> list[str]:
-    return [c for c in needed() if in_root(root, "sh", "-c", f"command -v {c}").returncode]
+    """The commands (and, for entries starting with /, the files) ``root`` lacks."""
+    return [
+        c
+        for c in needed()
+        if (
+            not (root / c.lstrip("/")).exists()
+            if c.startswith("/")
+            else in_root(root, "sh", "-c", f"command -v {c}").returncode
+        )
+    ]
 
 
 def nodesource_deb(directory: Path) -> Path:
