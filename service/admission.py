@@ -148,6 +148,7 @@ class StreamWatch:
             if self.drained.done():
                 raise DrainingError(_DRAINING)
             read = asyncio.ensure_future(source.__anext__())
+            read.add_done_callback(_retrieved)  # its end is read below, or of no interest
             try:
                 await asyncio.wait((read, self.drained), return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -164,6 +165,12 @@ class StreamWatch:
 
 
 _DRAINING = "the server is shutting down; retry on another replica"
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark ``task``'s exception as seen (asyncio logs the ones nobody read)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _WatchedContext:

@@ -39,7 +39,13 @@ from service.batcher import Batcher
 from service.config import ConfigError, ServerConfig, load_config
 from service.event_loop import event_loop, on_loop
 from service.interceptors import DecodeInterceptor, ErrorInterceptor, MetricsInterceptor
-from service.metrics import Metrics, MetricsHTTPServer, model_info
+from service.metrics import (
+    GrpcCoreCollector,
+    Metrics,
+    MetricsHTTPServer,
+    channelz_server_ids,
+    model_info,
+)
 from service.models import ModelLoadError
 from service.priority import lower_threads
 from service.security import OPEN_SERVICES, server_credentials
@@ -182,9 +188,10 @@ async def _build_grpc(
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     pb_grpc.add_ReliabilityServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if config.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     address = f"{config.host}:{config.port}"
     problem = _port_taken(config.host, config.port)
     if problem:
@@ -271,21 +278,27 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
         admission,
         DecodeInterceptor(),
     ]
+    known = channelz_server_ids()
     server, health_servicer, port, error = on_loop(
         _build_grpc(config, servicer, interceptors, credentials)
     )
+    ours = channelz_server_ids() - known
+    if ours:  # gRPC's own call counts, refusals before any handler included
+        metrics.registry.register(GrpcCoreCollector(max(ours)))
     if port == 0:
         batcher.close(drain=False)
         pipeline.close()
         raise BindError(f"cannot listen on {config.host}:{config.port}{error}")
+    metrics_host = config.metrics_host or config.host
     try:
-        metrics_http = MetricsHTTPServer.start(metrics.registry, config.host, config.metrics_port)
+        metrics_http = MetricsHTTPServer.start(metrics.registry, metrics_host, config.metrics_port)
     except OSError as exc:
+        on_loop(server.stop(None))
         batcher.close(drain=False)
         pipeline.close()
         raise BindError(
-            f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
-        ) from exc
+            f"cannot serve metrics on {metrics_host}:{config.metrics_port}: {exc.strerror or exc}"
+        ) from None
     on_loop(server.start())
     log.info("listening on %s:%d; warming up (health NOT_SERVING until done)", config.host, port)
     try:
@@ -301,7 +314,7 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
     servicer.ready.set()
     on_loop(_set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING))
     log.info("gradsentry serving %s on %s:%d", SERVICE_NAME, config.host, port)
-    log.info("metrics on http://%s:%d/metrics", config.host, metrics_http.port)
+    log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_http.port)
     running = SentryServer(
         server, health_servicer, servicer, admission, port, metrics, metrics_http
     )
