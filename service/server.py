@@ -62,6 +62,9 @@ DRAIN_POLL_SECONDS = 0.01
 # has received but not yet handed over when it stops, and every call that comes in while
 # draining is answered (UNAVAILABLE) within milliseconds.
 DRAIN_QUIET_SECONDS = 0.25
+# When the grace period runs out, the calls still running are ended with UNAVAILABLE; this
+# long is left for those answers to go out before gRPC stops.
+DRAIN_CUT_SECONDS = 0.5
 
 
 class BindError(ConfigError):
@@ -129,6 +132,9 @@ class SentryServer:
 
             while waiting(admission.busy > 0):
                 await asyncio.sleep(DRAIN_POLL_SECONDS)
+            if admission.busy > 0:  # the grace ran out: say so, rather than CANCELLED
+                admission.cut_all()
+                deadline = loop.time() + DRAIN_CUT_SECONDS
             admission.end_open_streams()
             while waiting(
                 admission.busy + admission.open_streams.active > 0
@@ -152,12 +158,14 @@ class SentryServer:
             grpc_done.result()
         except Exception:  # stopping goes on: the batcher and the worker must still end
             log.exception("stopping gRPC failed")
+        log.info("gRPC stopped")
         self.servicer.decoder.shutdown(wait=False, cancel_futures=True)
         batcher = self.servicer.batcher
         batcher.close(drain=True)
         batcher.pipeline.close()
         if self.metrics_http is not None:  # last: it serves until the last call is counted
             self.metrics_http.stop()
+        log.info("stopped")
         self._stopped.set()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
