@@ -148,12 +148,13 @@ class StreamWatch:
             if self.drained.done():
                 raise DrainingError(_DRAINING)
             read = asyncio.ensure_future(source.__anext__())
+            read.add_done_callback(_retrieved)  # its end is read below, or of no interest
             try:
                 await asyncio.wait((read, self.drained), return_when=asyncio.FIRST_COMPLETED)
             finally:
-                if not read.done():
+                if not read.done():  # drained first (or this reader was cancelled)
                     read.cancel()
-            if read.cancelled():
+            if read.cancelled() or not read.done():
                 raise DrainingError(_DRAINING)
             try:
                 message = read.result()
@@ -164,6 +165,16 @@ class StreamWatch:
 
 
 _DRAINING = "the server is shutting down; retry on another replica"
+_CUT = (
+    "the server stopped before this call was answered (its grace period ran out); retry on "
+    "another replica"
+)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark ``task``'s exception as seen (asyncio logs the ones nobody read)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _WatchedContext:
@@ -193,6 +204,8 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self.free = Budget("free", None)
         self.drained: asyncio.Future[None] | None = None  # made on the event loop
         self.watches: set[StreamWatch] = set()
+        # Unary calls running now -> whether the drain has cut them short.
+        self.plain: dict[asyncio.Task[Any], bool] = {}
         self.last_call = time.monotonic()  # when a call last came in (admitted or not)
 
     @property
@@ -219,6 +232,15 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         """End every stream still open (health watches, reflection) with UNAVAILABLE."""
         for watch in list(self.watches):
             watch.close(_DRAINING)
+
+    def cut_all(self) -> None:
+        """The grace period ran out: end every call still running with UNAVAILABLE (a
+        status that says why and invites a retry, where gRPC's stop would say CANCELLED)."""
+        for watch in list(self.watches):
+            watch.close(_CUT)
+        for task in list(self.plain):
+            self.plain[task] = True
+            task.cancel()
 
     def budget_of(self, method: str, handler: grpc.RpcMethodHandler) -> Budget:
         service = method.lstrip("/").partition("/")[0]
@@ -251,14 +273,23 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         # started), which releases it once.
         inner_unary, inner_streaming = unary(handler), streaming(handler)
         limits, watches, drained = self.limits, self.watches, self._drained()
+        plain = self.plain
         request_streamed = bool(handler.stream_unary or handler.stream_stream)
         response_streamed = bool(handler.unary_stream or handler.stream_stream)
         if not (request_streamed or response_streamed):
 
             async def on_plain(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                task = asyncio.current_task()
+                plain[task] = False  # type: ignore[index]
                 try:
                     return await inner_unary(request, context)
+                except asyncio.CancelledError:
+                    if not plain.get(task):  # type: ignore[arg-type]
+                        raise  # the client went away
+                    task.uncancel()  # type: ignore[union-attr]
+                    raise DrainingError(_CUT) from None
                 finally:
+                    plain.pop(task, None)  # type: ignore[arg-type]
                     budget.release()
 
             return wrap_handler(handler, on_plain, inner_streaming)

@@ -82,6 +82,12 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 9464
+    # Address the plain-HTTP metrics endpoint binds; empty: ``host``. Set it apart when
+    # gRPC is exposed with TLS and auth but metrics should stay on a private interface.
+    metrics_host: str = ""
+    # gRPC server reflection (grpcurl list/describe without the proto files); false turns
+    # it off. It needs no token when auth is on.
+    reflection: bool = True
     max_batch_size: int = 32
     max_delay_ms: float = 5.0
     # A batch that holds the size smaller batches are padded to anyway also leaves before

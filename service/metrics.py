@@ -19,9 +19,10 @@ the text exposition format on ``http://host:port/metrics`` (port 0 picks a free 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
@@ -34,6 +35,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -60,6 +62,54 @@ BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SCORE_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0,
 )  # fmt: skip
+
+
+class GrpcCoreCollector:
+    """gRPC core's own count of calls for one server, from channelz (read at each scrape):
+    ``gradsentry_grpc_calls_started_total`` and ``gradsentry_grpc_calls_failed_total``.
+
+    They include the calls gRPC ends itself before any handler or interceptor runs: a
+    message over ``max_message_bytes``, a malformed HTTP/2 stream. Those never reach
+    ``gradsentry_requests_total``, so ``calls_started - sum(requests_total)`` is what gRPC
+    refused by itself (plus the calls in flight). ``server_id`` is the channelz id of the
+    server (``channelz_server_ids``)."""
+
+    def __init__(self, server_id: int) -> None:
+        self.server_id = server_id
+
+    def collect(self) -> Iterator[Metric]:
+        data = _channelz_server(self.server_id)
+        if data is None:
+            return
+        for name, field, text in (
+            ("started", "callsStarted", "Calls gRPC core received, refused by it or not."),
+            ("failed", "callsFailed", "Calls that ended with a status other than OK."),
+        ):
+            family = CounterMetricFamily(f"{NAMESPACE}_grpc_calls_{name}", text)
+            family.add_metric([], float(data.get(field, 0)))
+            yield family
+
+
+def channelz_server_ids() -> set[int]:
+    """The channelz ids of every gRPC server in this process."""
+    return {int(s["ref"]["serverId"]) for s in _channelz_servers()}
+
+
+def _channelz_servers() -> list[dict[str, Any]]:
+    # The functions grpcio-channelz serves from; channelz is on by default in gRPC core.
+    from grpc._cython import cygrpc
+
+    try:
+        return list(json.loads(cygrpc.channelz_get_servers(0)).get("server", []))
+    except (ValueError, RuntimeError):
+        return []
+
+
+def _channelz_server(server_id: int) -> dict[str, Any] | None:
+    for server in _channelz_servers():
+        if int(server["ref"]["serverId"]) == server_id:
+            return dict(server.get("data", {}))
+    return None
 
 
 class MetricsError(ValueError):

@@ -40,7 +40,13 @@ from service.batcher import Batcher
 from service.config import ConfigError, ServerConfig, load_config
 from service.event_loop import event_loop, on_loop
 from service.interceptors import DecodeInterceptor, ErrorInterceptor, MetricsInterceptor
-from service.metrics import Metrics, MetricsHTTPServer, model_info
+from service.metrics import (
+    GrpcCoreCollector,
+    Metrics,
+    MetricsHTTPServer,
+    channelz_server_ids,
+    model_info,
+)
 from service.priority import lower_threads
 from service.security import OPEN_SERVICES, server_credentials
 from service.security import interceptors as security_interceptors
@@ -56,6 +62,9 @@ DRAIN_POLL_SECONDS = 0.01
 # has received but not yet handed over when it stops, and every call that comes in while
 # draining is answered (UNAVAILABLE) within milliseconds.
 DRAIN_QUIET_SECONDS = 0.25
+# When the grace period runs out, the calls still running are ended with UNAVAILABLE; this
+# long is left for those answers to go out before gRPC stops.
+DRAIN_CUT_SECONDS = 0.5
 
 
 class BindError(ConfigError):
@@ -123,6 +132,9 @@ class SentryServer:
 
             while waiting(admission.busy > 0):
                 await asyncio.sleep(DRAIN_POLL_SECONDS)
+            if admission.busy > 0:  # the grace ran out: say so, rather than CANCELLED
+                admission.cut_all()
+                deadline = loop.time() + DRAIN_CUT_SECONDS
             admission.end_open_streams()
             while waiting(
                 admission.busy + admission.open_streams.active > 0
@@ -146,12 +158,14 @@ class SentryServer:
             grpc_done.result()
         except Exception:  # stopping goes on: the batcher and the worker must still end
             log.exception("stopping gRPC failed")
+        log.info("gRPC stopped")
         self.servicer.decoder.shutdown(wait=False, cancel_futures=True)
         batcher = self.servicer.batcher
         batcher.close(drain=True)
         batcher.pipeline.close()
         if self.metrics_http is not None:  # last: it serves until the last call is counted
             self.metrics_http.stop()
+        log.info("stopped")
         self._stopped.set()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -182,9 +196,10 @@ async def _build_grpc(
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     pb_grpc.add_ReliabilityServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if config.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     address = f"{config.host}:{config.port}"
     problem = _port_taken(config.host, config.port)
     if problem:
@@ -271,21 +286,27 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
         admission,
         DecodeInterceptor(),
     ]
+    known = channelz_server_ids()
     server, health_servicer, port, error = on_loop(
         _build_grpc(config, servicer, interceptors, credentials)
     )
+    ours = channelz_server_ids() - known
+    if ours:  # gRPC's own call counts, refusals before any handler included
+        metrics.registry.register(GrpcCoreCollector(max(ours)))
     if port == 0:
         batcher.close(drain=False)
         pipeline.close()
         raise BindError(f"cannot listen on {config.host}:{config.port}{error}")
+    metrics_host = config.metrics_host or config.host
     try:
-        metrics_http = MetricsHTTPServer.start(metrics.registry, config.host, config.metrics_port)
+        metrics_http = MetricsHTTPServer.start(metrics.registry, metrics_host, config.metrics_port)
     except OSError as exc:
+        on_loop(server.stop(None))
         batcher.close(drain=False)
         pipeline.close()
         raise BindError(
-            f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
-        ) from exc
+            f"cannot serve metrics on {metrics_host}:{config.metrics_port}: {exc.strerror or exc}"
+        ) from None
     on_loop(server.start())
     log.info("listening on %s:%d; warming up (health NOT_SERVING until done)", config.host, port)
     try:
@@ -301,7 +322,7 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
     servicer.ready.set()
     on_loop(_set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING))
     log.info("gradsentry serving %s on %s:%d", SERVICE_NAME, config.host, port)
-    log.info("metrics on http://%s:%d/metrics", config.host, metrics_http.port)
+    log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_http.port)
     running = SentryServer(
         server, health_servicer, servicer, admission, port, metrics, metrics_http
     )

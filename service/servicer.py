@@ -3,9 +3,12 @@
 Each input is decoded and validated by ``service.codec`` (errors name the input's index in
 batches and streams), queued on the ``service.batcher`` (which groups concurrent inputs into
 model batches) with the call's deadline, and its Result turned into a CheckResponse. Calls
-are refused with NotReadyError until the server has warmed up and DrainingError once it is
-shutting down. When a call ends early (client cancel, deadline, server stop) its inputs
-still queued are cancelled, so the model never computes answers nobody waits for.
+are refused with NotReadyError until the server has warmed up (budgets and the drain are
+``service.admission``'s, before a call reaches this class). A call's input count is checked
+before any input is decoded; images and large tensors are decoded in a bounded pool off
+the event loop, within ``decode_budget_seconds``. When a call ends early (client cancel,
+deadline, server stop) its inputs still queued are cancelled, so the model never computes
+answers nobody waits for.
 
 Handlers are ``grpc.aio`` coroutines on the server's one event-loop thread: a call costs no
 thread of its own and no thread switch while it waits for the model (the batcher's worker

@@ -10,6 +10,8 @@ the chart's ``fail`` checks, with a message that names the key.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from service._proto.gradsentry.v1 import reliability_pb2
 from service.cli import parse_args
 from service.config import ServerConfig, load_config
 from service.metrics import Metrics
+from tests.servers import serve_process, server_env
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "gradsentry"
 RELEASE = "demo"
@@ -229,12 +232,72 @@ def test_probes_are_native_grpc_health_checks(
     assert container["livenessProbe"]["grpc"].get("service", "") == ""
 
 
-def test_tls_swaps_grpc_probes_for_tcp(releases: dict[str | None, Release]) -> None:
-    # The kubelet's gRPC probes are plaintext-only; they would fail against a TLS server.
+def _openssl(cwd: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _mtls_secret(cwd: Path, server_name: str) -> None:
+    """What a cert-manager Secret holds: ca.crt, and tls.crt / tls.key signed by it for
+    ``server_name`` (the chart's mutual TLS trusts the same CA for clients)."""
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    _openssl(cwd, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=ca", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    _openssl(cwd, "req", "-new", *ec, "-keyout", "tls.key", "-out", "tls.csr",
+             "-subj", f"/CN={server_name}")  # fmt: skip
+    (cwd / "tls.ext").write_text(
+        f"subjectAltName=DNS:{server_name}\nextendedKeyUsage=serverAuth,clientAuth\n"
+    )
+    _openssl(cwd, "x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-set_serial", "1", "-days", "2", "-extfile", "tls.ext",
+             "-out", "tls.crt")  # fmt: skip
+
+
+def test_tls_probes_run_gradsentry_health_and_pass_against_a_tls_server(
+    releases: dict[str | None, Release], tmp_path: Path
+) -> None:
+    """The kubelet's gRPC probes speak plaintext only; with TLS the chart's probes run
+    ``gradsentry health`` over (mutual) TLS. The rendered commands are run, as rendered,
+    against a real TLS server with a certificate of the kind the chart expects."""
     container = releases["secure"].container()
+    commands = {}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["tcpSocket"] == {"port": "grpc"}
-        assert "grpc" not in container[probe]
+        assert "grpc" not in container[probe] and "tcpSocket" not in container[probe]
+        commands[probe] = container[probe]["exec"]["command"]
+        assert commands[probe][:2] == ["gradsentry", "health"]
+    assert commands["readinessProbe"][-4:-2] == ["--service", RELIABILITY]
+    server_name = f"{FULLNAME}.{NAMESPACE}.svc"
+    assert server_name in commands["livenessProbe"]
+
+    _mtls_secret(tmp_path, server_name)
+    tls_dir = "/etc/gradsentry/tls"
+    config = {
+        "model_worker": "inline",
+        "tls_cert_file": str(tmp_path / "tls.crt"),
+        "tls_key_file": str(tmp_path / "tls.key"),
+        "tls_client_ca_file": str(tmp_path / "ca.crt"),
+    }
+    with serve_process(tmp_path, **config) as server:
+        for probe, command in commands.items():
+            args = [a.replace(tls_dir, str(tmp_path)) for a in command[2:]]
+            args[args.index("--target") + 1] = server.target  # the container's port: ours
+            done = subprocess.run(
+                [sys.executable, "-m", "service.health", *args],
+                env=server_env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0 and done.stdout.strip() == "SERVING", (probe, done)
+
+
+def test_the_metrics_bind_address_is_a_chart_value(tmp_path: Path) -> None:
+    default = server_config(render(None), tmp_path)
+    assert default.metrics_host == "0.0.0.0"  # Prometheus in other pods scrapes it
+    inside = server_config(render({"metricsHost": "127.0.0.1"}), tmp_path)
+    assert (inside.host, inside.metrics_host) == ("0.0.0.0", "127.0.0.1")
+    with pytest.raises(Exception, match="metrics_host is set by the chart"):
+        render({"config": {"metrics_host": "0.0.0.0"}})
 
 
 @pytest.mark.parametrize("name", VALUES_FILES)

@@ -16,7 +16,7 @@ from detectors.sentry import Sentry, Verdicts
 from service import cli
 from service.client import CheckResult, InputError, ReliabilityClient, RequestError
 from service.server import SentryServer
-from tests.servers import calls_ended, wait_calls_ended
+from tests.servers import FEATURE_ATOL, FEATURE_RTOL, SCORE_ATOL, calls_ended, wait_calls_ended
 
 N = 4  # sample digits used here
 
@@ -37,12 +37,12 @@ def assert_matches(result: CheckResult, v: Verdicts, i: int) -> None:
     """A client result equals row i of a direct Sentry.check."""
     assert result.predicted_class == int(v.predicted[i])
     assert result.label == str(int(v.predicted[i]))
-    assert result.score == pytest.approx(float(v.score[i]), abs=1e-6)
+    assert result.score == pytest.approx(float(v.score[i]), abs=SCORE_ATOL)
     assert result.verdict == ("FLAGGED" if v.flagged[i] else "RELIABLE")
     assert result.flagged == bool(v.flagged[i])
     assert result.kind == v.kind[i]
     expected = {k: float(s[i]) for k, s in v.kind_scores.items()}
-    assert result.kind_scores == pytest.approx(expected, abs=1e-6)
+    assert result.kind_scores == pytest.approx(expected, abs=SCORE_ATOL)
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +116,13 @@ def test_batch_options_and_result_fields(
     for i, result in enumerate(results):
         assert_matches(result, reference, i)
         assert result.probabilities.dtype == np.float32
-        np.testing.assert_allclose(result.probabilities, reference.probabilities[i], atol=1e-6)
+        np.testing.assert_allclose(
+            result.probabilities, reference.probabilities[i], atol=SCORE_ATOL
+        )
         assert result.features.shape == (reference.features.shape[1],)
-        np.testing.assert_allclose(result.features, reference.features[i], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(
+            result.features, reference.features[i], rtol=FEATURE_RTOL, atol=FEATURE_ATOL
+        )
         assert result.threshold == pytest.approx(sentry.threshold)
         assert result.request_id.endswith(f"/{i}")
         t = result.timings
@@ -142,7 +146,9 @@ def test_stream_matches_sentry_in_order(
     for i, result in enumerate(results):
         assert_matches(result, reference, i)
         assert result.request_id.endswith(f"/{i}")
-        np.testing.assert_allclose(result.features, reference.features[i], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(
+            result.features, reference.features[i], rtol=FEATURE_RTOL, atol=FEATURE_ATOL
+        )
         assert result.probabilities.size == 0
     assert list(client.check_stream([])) == []
 

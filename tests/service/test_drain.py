@@ -1,6 +1,7 @@
 """Graceful drain of a real ``gradsentry serve`` process, counted at the client.
 
-SIGTERM lands while 100 unary calls and 16 streams (4 messages each) are in flight: queued
+SIGTERM lands while 100 unary calls, a CheckBatch of 8 and 16 streams (4 messages each) are
+in flight: queued
 in the server's batcher, or still on their way in (received by gRPC, not yet handed to a
 handler, when SIGTERM comes early). No call may end CANCELLED: every call the server had
 taken in gets its full answer, the others get UNAVAILABLE, calls made after health turned
@@ -27,7 +28,7 @@ from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
 from tests.servers import WAIT, ServerProcess, serve_process, tensor_request
 
-UNARY, STREAMS, PER_STREAM = 100, 16, 4
+UNARY, STREAMS, PER_STREAM, BATCH = 100, 16, 4, 8
 GRACE = 20.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -68,7 +69,7 @@ def test_sigterm_answers_every_accepted_call_and_cancels_none(
     moment: str, tmp_path: Path, samples, sentry: Sentry
 ) -> None:
     images = samples[0].astype(np.float32) / 255.0
-    total = UNARY + STREAMS * PER_STREAM
+    total = UNARY + STREAMS * PER_STREAM  # inputs of the unary calls and streams
     x = np.stack([images[i % len(images)] for i in range(total)])[:, None]  # [164, 1, 28, 28]
     reference = sentry.check(torch.from_numpy(x)).predicted
     requests = [tensor_request(x[i]) for i in range(total)]
@@ -84,6 +85,9 @@ def test_sigterm_answers_every_accepted_call_and_cancels_none(
         assert next(watch).status == SERVING
 
         unary = [stub.Check.future(requests[i], timeout=WAIT) for i in range(UNARY)]
+        batch = stub.CheckBatch.future(
+            pb.CheckBatchRequest(requests=requests[:BATCH]), timeout=WAIT
+        )
         streams = [
             pool.submit(
                 stream_outcome,
@@ -93,7 +97,7 @@ def test_sigterm_answers_every_accepted_call_and_cancels_none(
             for s in range(STREAMS)
         ]
         if moment == "all_queued":
-            wait_queued(server, total)
+            wait_queued(server, total + BATCH)
         elif moment == "first_queued":
             wait_queued(server, 1)
         queued = server.metric("gradsentry_queue_depth")  # taken in before SIGTERM
@@ -117,14 +121,18 @@ def test_sigterm_answers_every_accepted_call_and_cancels_none(
                 assert response.predicted_class == int(reference[UNARY + s * PER_STREAM + k])
             answered += len(responses)
 
-        all_codes = codes + [code for _, code in outcomes]
+        if batch.code() == grpc.StatusCode.OK:
+            got = [r.predicted_class for r in batch.result().responses]
+            assert got == [int(c) for c in reference[:BATCH]]
+            answered += BATCH
+        all_codes = [*codes, batch.code(), *(code for _, code in outcomes)]
         assert grpc.StatusCode.CANCELLED not in all_codes, all_codes
         assert set(all_codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, all_codes
         for responses, code in outcomes:  # a stream is cut only by the drain, never mid-way
             assert code == grpc.StatusCode.UNAVAILABLE or len(responses) == PER_STREAM
         assert answered >= queued  # every input taken in before SIGTERM was answered
         if moment == "all_queued":
-            assert answered == total
+            assert answered == total + BATCH
         assert {call.code() for call in late} == {grpc.StatusCode.UNAVAILABLE}
         assert late_stream == ([], grpc.StatusCode.UNAVAILABLE)
         # The drain ends the health watch too (it would otherwise hold the stop).
@@ -134,6 +142,35 @@ def test_sigterm_answers_every_accepted_call_and_cancels_none(
 
         assert server.proc.wait(timeout=GRACE + WAIT) == 0
         assert time.monotonic() - sigterm < GRACE
+    assert "Traceback" not in server.log_text()
+
+
+def test_a_grace_period_that_runs_out_ends_calls_unavailable(tmp_path: Path, samples) -> None:
+    """The batch is held 60 s, the grace is 2 s: the calls still waiting when it runs out
+    end UNAVAILABLE with the reason (never CANCELLED), and the process exits 0 soon after."""
+    held = {**HOLDING, "max_delay_ms": 60_000, "grace_seconds": 2.0}
+    x = (samples[0][:8].astype(np.float32) / 255.0)[:, None]
+    with (
+        serve_process(tmp_path, **held) as server,
+        grpc.insecure_channel(server.target) as channel,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        stub = pb_grpc.ReliabilityStub(channel)
+        calls = [stub.Check.future(tensor_request(x[i]), timeout=WAIT) for i in range(6)]
+        streams = [pool.submit(stream_outcome, stub, [tensor_request(x[6 + s])]) for s in (0, 1)]
+        wait_queued(server, 8)
+        sigterm = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        outcomes = [(call.code(), call.details()) for call in calls]
+        outcomes += [(code, "") for _, code in (s.result(WAIT) for s in streams)]
+        assert {code for code, _ in outcomes} == {grpc.StatusCode.UNAVAILABLE}, outcomes
+        assert all(
+            "grace period ran out" in details for details, _ in [(d, c) for c, d in outcomes[:6]]
+        )
+        assert server.proc.wait(timeout=WAIT) == 0
+        # Grace, then the cut calls' answers (DRAIN_CUT_SECONDS), the model worker's stop
+        # (~1 s) and the interpreter's exit: seconds, not the 60 s the batch was held for.
+        assert time.monotonic() - sigterm < 2.0 + 8.0
     assert "Traceback" not in server.log_text()
 
 

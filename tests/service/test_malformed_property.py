@@ -36,6 +36,7 @@ from detectors.sentry import Sentry
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
 from service.server import SentryServer
+from tests.servers import SCORE_ATOL
 
 SHAPE = (1, 28, 28)
 PIXELS = 28 * 28
@@ -358,7 +359,7 @@ def test_malformed_requests_are_invalid_argument_and_harmless(
     before = [stub.Check(r, timeout=60) for r in valid]
     reference = sentry.check(torch.from_numpy(x))
     for i, response in enumerate(before[:4]):
-        assert response.score == pytest.approx(float(reference.score[i]), abs=1e-6)
+        assert response.score == pytest.approx(float(reference.score[i]), abs=SCORE_ATOL)
     sent: Counter[str] = Counter()
 
     @settings(

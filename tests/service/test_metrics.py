@@ -23,16 +23,10 @@ from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
 from service.config import load_config
 from service.metrics import STAGES, Metrics, MetricsError
 from service.server import BindError, SentryServer, create_server
-from tests.servers import demo_server
+from tests.servers import demo_server, tensor_request
 
 RELIABILITY = "gradsentry.v1.Reliability"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def tensor_request(x: np.ndarray) -> pb.CheckRequest:
-    """x float32 [1, 28, 28]."""
-    tensor = pb.Tensor(dtype=pb.FLOAT32, shape=list(x.shape), data=x.astype("<f4").tobytes())
-    return pb.CheckRequest(tensor=tensor)
 
 
 def scrape_text(port: int) -> str:

@@ -15,6 +15,7 @@ from PIL import Image
 from detectors.sentry import Sentry
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
+from tests.servers import FEATURE_ATOL, FEATURE_RTOL, SCORE_ATOL, tensor_request
 
 N = 6  # sample digits per test: enough to cover classes, fast on 2 cores
 
@@ -22,12 +23,6 @@ N = 6  # sample digits per test: enough to cover classes, fast on 2 cores
 def as_float(images: np.ndarray) -> np.ndarray:
     """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28] in [0, 1]."""
     return (images.astype(np.float32) / 255.0)[:, None]
-
-
-def tensor_request(x: np.ndarray, **options: bool) -> pb.CheckRequest:
-    """x float32 [1, 28, 28]."""
-    tensor = pb.Tensor(dtype=pb.FLOAT32, shape=list(x.shape), data=x.astype("<f4").tobytes())
-    return pb.CheckRequest(tensor=tensor, **options)
 
 
 def png_request(image: np.ndarray) -> pb.CheckRequest:
@@ -41,10 +36,10 @@ def assert_matches(response: pb.CheckResponse, v, i: int) -> None:
     """A response equals row i of a direct Sentry.check."""
     assert response.predicted_class == int(v.predicted[i])
     assert response.label == str(int(v.predicted[i]))
-    assert response.score == pytest.approx(float(v.score[i]), abs=1e-6)
+    assert response.score == pytest.approx(float(v.score[i]), abs=SCORE_ATOL)
     assert response.verdict == (pb.FLAGGED if v.flagged[i] else pb.RELIABLE)
     for kind, scores in v.kind_scores.items():
-        assert response.kind_scores[kind] == pytest.approx(float(scores[i]), abs=1e-6)
+        assert response.kind_scores[kind] == pytest.approx(float(scores[i]), abs=SCORE_ATOL)
     assert pb.Kind.Name(response.kind).lower() == v.kind[i]
 
 
@@ -67,7 +62,9 @@ def test_check_tensor_and_png_match_sentry(stub: pb_grpc.ReliabilityStub, sample
     for i in range(N):
         by_tensor = stub.Check(tensor_request(x[i], return_probabilities=True), timeout=30)
         assert_matches(by_tensor, reference, i)
-        np.testing.assert_allclose(by_tensor.probabilities, reference.probabilities[i], atol=1e-6)
+        np.testing.assert_allclose(
+            by_tensor.probabilities, reference.probabilities[i], atol=SCORE_ATOL
+        )
         assert_matches(stub.Check(png_request(images[i]), timeout=30), reference, i)
 
 
@@ -89,7 +86,7 @@ def test_options_request_ids_and_timings(stub: pb_grpc.ReliabilityStub, samples,
     )
     assert full.request_id == "abc-123"
     v = sentry.check(torch.from_numpy(x))
-    np.testing.assert_allclose(full.features, v.features[0], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(full.features, v.features[0], rtol=FEATURE_RTOL, atol=FEATURE_ATOL)
     own = stub.Check(pb.CheckRequest(tensor=tensor_request(x[0]).tensor, request_id="mine"))
     assert own.request_id == "mine"
 

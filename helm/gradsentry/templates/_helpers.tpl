@@ -97,6 +97,7 @@ ports, mounted TLS and token files, the GPU device). Setting an owned key in `co
   "host" "listenHost"
   "port" "ports.grpc"
   "metrics_port" "ports.metrics"
+  "metrics_host" "metricsHost"
   "tls_cert_file" "tls.enabled and tls.certKey"
   "tls_key_file" "tls.enabled and tls.keyKey"
   "tls_client_ca_file" "tls.clientCAKey"
@@ -110,6 +111,7 @@ ports, mounted TLS and token files, the GPU device). Setting an owned key in `co
 {{- $_ := set $cfg "host" .Values.listenHost }}
 {{- $_ := set $cfg "port" (int .Values.ports.grpc) }}
 {{- $_ := set $cfg "metrics_port" (int .Values.ports.metrics) }}
+{{- $_ := set $cfg "metrics_host" .Values.metricsHost }}
 {{- if and .Values.gpu.enabled (not (hasKey $cfg "device")) }}
 {{- $_ := set $cfg "device" "cuda" }}
 {{- end }}
@@ -170,4 +172,37 @@ ports, mounted TLS and token files, the GPU device). Setting an owned key in `co
 periodSeconds: {{ .periodSeconds }}
 timeoutSeconds: {{ .timeoutSeconds }}
 failureThreshold: {{ .failureThreshold }}
+{{- end }}
+
+{{/*
+An exec probe that runs `gradsentry health` over TLS inside the container (the kubelet's
+gRPC probes speak plaintext only). Takes (dict "root" $ "service" NAME "probe" PROBE_VALUES).
+*/}}
+{{- define "gradsentry.tlsHealthProbe" -}}
+{{- $v := .root.Values }}
+{{- $dir := include "gradsentry.tlsDir" .root }}
+{{- $name := $v.tls.probeServerName | default (printf "%s.%s.svc" (include "gradsentry.fullname" .root) .root.Release.Namespace) }}
+exec:
+  command:
+    - gradsentry
+    - health
+    - --target
+    - {{ printf "127.0.0.1:%d" (int $v.ports.grpc) | quote }}
+    - --tls-ca
+    - {{ printf "%s/%s" $dir $v.tls.caKey | quote }}
+    - --server-name
+    - {{ $name | quote }}
+    {{- if $v.tls.clientCAKey }}
+    - --cert
+    - {{ printf "%s/%s" $dir $v.tls.certKey | quote }}
+    - --key
+    - {{ printf "%s/%s" $dir $v.tls.keyKey | quote }}
+    {{- end }}
+    {{- if .service }}
+    - --service
+    - {{ .service | quote }}
+    {{- end }}
+    - --timeout
+    - {{ .probe.timeoutSeconds | default 2 | quote }}
+{{ include "gradsentry.probeTiming" .probe }}
 {{- end }}
