@@ -145,8 +145,21 @@ def test_inference_mode_is_refused() -> None:
         # ... narrow layers on many positions materialise per-sample weight gradients
         nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, padding_mode="replicate"),
         nn.Conv1d(4, 6, 5, padding="same"),
+        # ... depthwise layers: a forward convolution with g as the kernel
+        nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4),
+        nn.Conv2d(6, 6, (5, 3), dilation=(1, 2), padding=(2, 1), groups=6, bias=False),
+        nn.Conv1d(4, 4, 3, stride=3, padding=2, dilation=2, groups=4),
     ],
-    ids=["ghost-grouped", "ghost-reflect", "ghost-1d-circular", "mat-replicate", "mat-1d-same"],
+    ids=[
+        "ghost-grouped",
+        "ghost-reflect",
+        "ghost-1d-circular",
+        "mat-replicate",
+        "mat-1d-same",
+        "depthwise-strided",
+        "depthwise-dilated",
+        "depthwise-1d",
+    ],
 )
 def test_conv_branches_match_reference(conv: nn.Module) -> None:
     from detectors.probe.rules.conv import conv_norms  # noqa: F401  (the rule under test)
