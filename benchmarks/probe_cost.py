@@ -173,7 +173,11 @@ def check_agreement(model: torch.nn.Module, x: torch.Tensor) -> float:
     _, probe = run["probe"](x)
     loop = run["loop"](x)
     vmap_sum = -run["vmap"](x)
-    rel_loop = ((probe - loop).abs() / loop.abs().clamp_min(1e-12)).max().item()
+    # Features whose gradient is exactly zero in exact arithmetic (attention key biases:
+    # softmax ignores a shift shared by all keys) hold rounding noise on both sides; they
+    # are compared relative to their sample's largest feature instead.
+    scale = torch.maximum(loop.abs(), loop.abs().amax(1, keepdim=True) * 1e-10)
+    rel_loop = ((probe - loop).abs() / scale).max().item()
     rel_vmap = ((probe.sum(1) - vmap_sum).abs() / vmap_sum.abs()).max().item()
     return max(rel_loop, rel_vmap)
 
