@@ -13,7 +13,12 @@ ratio of their requests/s. ``--rounds N`` alternates the modes N times and repor
 medians: on a shared machine other work skews any single run.
 
     python benchmarks/load.py [--clients 16] [--duration 20] [--rounds 1] [--json FILE]
-                              [--rpc check|stream] [--check]
+                              [--rpc check|stream] [--check] [--model demo|efficientnet-lite0]
+
+``--model efficientnet-lite0`` serves the pretrained ImageNet example instead
+(``detectors.examples.efficientnet``: eager factory + state dict, its smoke-test bundle,
+1,000 labels) and sends foolbox's 20 photos as float32 tensors [3, 224, 224]; at this
+size the model and the probe dominate and fixed per-request costs do not.
 
 Batching on is the configured ``max_batch_size`` / ``max_delay_ms``; batching off is
 ``max_delay_ms: 0`` (every input alone in its batch, still through the queue). Both use
@@ -162,6 +167,38 @@ def demo_requests() -> list[pb.CheckRequest]:
         )
         for img in images
     ]
+
+
+def efficientnet_setup(workdir: Path) -> tuple[dict[str, object], list[pb.CheckRequest]]:
+    """Server settings and requests for the pretrained EfficientNet-Lite0 example."""
+    import torch
+    from PIL import Image
+
+    from detectors.examples import efficientnet as example
+
+    weights = workdir / "efficientnet-lite0.pt"
+    torch.save(example.build_pretrained().state_dict(), weights)
+    settings: dict[str, object] = {
+        "model_format": "eager",
+        "model_factory": "detectors.examples.efficientnet:build",
+        "model_weights": str(weights),
+        "bundle": str(example.BUNDLE),
+        "input_shape": [3, example.IMAGE_SIZE, example.IMAGE_SIZE],
+        "input_range": [0.0, 1.0],
+        "labels": example.labels(),
+    }
+    requests = []
+    for path in example.photos(workdir / "photos"):
+        with Image.open(path) as img:
+            x = np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+        requests.append(
+            pb.CheckRequest(
+                tensor=pb.Tensor(
+                    dtype=pb.FLOAT32, shape=list(x.shape), data=x.astype("<f4").tobytes()
+                )
+            )
+        )
+    return settings, requests
 
 
 class Server:
@@ -526,6 +563,12 @@ def main(argv: list[str] | None = None) -> int:
         help="what each client calls: one Check per request, or one CheckStream per client "
         "with one request out at a time (check)",
     )
+    parser.add_argument(
+        "--model",
+        choices=["demo", "efficientnet-lite0"],
+        default="demo",
+        help="the bundled MNIST demo, or the pretrained ImageNet EfficientNet-Lite0 (demo)",
+    )
     args = parser.parse_args(argv)
     check_load_arguments(parser, args)
 
@@ -541,13 +584,18 @@ def main(argv: list[str] | None = None) -> int:
         },
         "batching off": {**common, "max_batch_size": args.max_batch_size, "max_delay_ms": 0},
     }
-    calls = RPC_CALLS[args.rpc](demo_requests())
     runs: dict[str, list[Outcome]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory(prefix="gradsentry-load-") as tmp:
+        requests = demo_requests()
+        if args.model == "efficientnet-lite0":
+            model_settings, requests = efficientnet_setup(Path(tmp))
+            modes = {mode: {**model_settings, **s} for mode, s in modes.items()}
+        calls = RPC_CALLS[args.rpc](requests)
         for i in range(args.rounds):
             for mode, settings in modes.items():
+                shown = {k: v for k, v in settings.items() if k != "labels"}
                 print(
-                    f"[{i + 1}/{args.rounds}] {mode}: {settings}, {args.clients} clients "
+                    f"[{i + 1}/{args.rounds}] {mode}: {shown}, {args.clients} clients "
                     f"({args.rpc}), {args.duration:g} s",
                     flush=True,
                 )

@@ -1,16 +1,32 @@
-"""Cost of per-sample gradient features on a ResNet-18 at 3×32×32, measured side by side.
+"""Cost of per-sample gradient features, measured side by side on one model.
 
-Compares, at batch 16 and 64 on this machine's CPU:
+Models (``--model``):
+  resnet18-cifar     ResNet-18 at 3×32×32, BatchNorm statistics as training leaves them
+                     (default; batches 16 and 64)
+  efficientnet-lite0 the pretrained ImageNet EfficientNet-Lite0 at 3×224×224 (depthwise
+                     convs, ReLU6, 'same'-padding Conv2d subclasses; batches 8 and 32)
+  vit-s16            ViT-S/16 (DeiT-S size: 12 blocks, width 384, 6 heads) from
+                     ``transformers`` with random weights at 3×224×224 (class token,
+                     position embeddings, attention, Linear over 197 tokens; batches 8, 32)
+
+Paths, timed interleaved round-robin so machine noise hits all alike:
   forward      one batched forward pass (no grad) — the unit of every ratio
-  fwd+bwd      one batched forward + backward of the confounding loss (writes .grad)
+  fwd+bwd      one batched forward + backward of the confounding loss (writes .grad) — the
+               floor a per-sample method can hope for
   probe        gradsentry's GradientProbe.features (hooks, one backward, per-layer rules)
-  vmap         pytorch-ood's GradUncertainty, its torch.func.vmap path
+  vmap         pytorch-ood's GradUncertainty, its torch.func.vmap path (skipped where its
+               B×P per-sample gradients would exceed --vmap-limit-mib)
   loop         one forward + backward per sample
-after checking all three feature paths agree. Peak memory of each path at batch 64 is
+after checking the feature paths agree. Peak memory of each path at the largest batch is
 measured in a fresh subprocess (peak RSS growth over the loaded model).
 
-    python benchmarks/probe_cost.py [--repeats 7] [--threads N] [--clock wall|cpu]
-                                    [--json out.json]
+``--clock cpu`` reads CPU seconds of the whole process (all threads), which other load on
+a shared machine barely changes; it sets OMP_WAIT_POLICY=PASSIVE (unless set) so that
+worker threads sleep instead of spinning between parallel regions — spinning would count
+as CPU time and inflate whichever path has more serial Python between kernels.
+
+    python benchmarks/probe_cost.py [--model NAME] [--batches 8 32] [--repeats 7]
+                                    [--threads N] [--clock wall|cpu] [--json out.json]
 """
 
 from __future__ import annotations
@@ -19,6 +35,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -29,13 +46,64 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
+if "--clock=cpu" in sys.argv or ("--clock" in sys.argv and "cpu" in sys.argv):  # before torch
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.resnet import trained_like_resnet18
 from detectors import GradientProbe
 from detectors.losses import get_loss
+
+
+class LogitsOf(nn.Module):
+    """A Hugging Face image classifier as ``x -> logits``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def efficientnet_lite0() -> nn.Module:
+    from detectors.examples.efficientnet import build_pretrained
+
+    return build_pretrained()
+
+
+def vit_s16() -> nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        intermediate_size=1536,
+        image_size=224,
+        patch_size=16,
+        num_labels=1000,
+    )
+    return LogitsOf(ViTForImageClassification(config)).eval()
+
+
+# name -> (builder, input shape, default batches)
+MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], list[int]]] = {
+    "resnet18-cifar": (trained_like_resnet18, (3, 32, 32), [16, 64]),
+    "efficientnet-lite0": (efficientnet_lite0, (3, 224, 224), [8, 32]),
+    "vit-s16": (vit_s16, (3, 224, 224), [8, 32]),
+}
+
+
+def sample_input(shape: tuple[int, ...], batch: int, seed: int) -> torch.Tensor:
+    """[batch, *shape] in the range the models' normalised inputs take, about [-1, 1]."""
+    x = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(seed))
+    return x * 2 - 1
 
 
 def load_grad_uncertainty() -> type:
@@ -72,31 +140,44 @@ def forward_backward(model: torch.nn.Module, x: torch.Tensor) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def paths(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor], object]]:
+def paths(
+    model: torch.nn.Module, with_vmap: bool = True
+) -> dict[str, Callable[[torch.Tensor], object]]:
     probe = GradientProbe(model)
-    vmap_detector = load_grad_uncertainty()(model)
 
     def forward(x: torch.Tensor) -> object:
         with torch.no_grad():
             return model(x)
 
-    return {
+    run: dict[str, Callable[[torch.Tensor], object]] = {
         "forward": forward,
         "fwd+bwd": lambda x: forward_backward(model, x),
         "probe": probe.features,
-        "vmap": vmap_detector._predict_batched,
-        "loop": lambda x: loop_features(model, x),
     }
+    if with_vmap:
+        run["vmap"] = load_grad_uncertainty()(model)._predict_batched
+    run["loop"] = lambda x: loop_features(model, x)
+    return run
+
+
+def vmap_fits(model: torch.nn.Module, batch: int, limit_mib: float) -> bool:
+    """Whether vmap's B×P per-sample gradients (float32) fit under ``limit_mib``."""
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return batch * params * 4 <= limit_mib * 2**20
 
 
 def check_agreement(model: torch.nn.Module, x: torch.Tensor) -> float:
     """Largest relative difference between the three feature paths (probe rows vs loop rows,
-    probe row sums vs pytorch-ood's negated sums)."""
+    probe row sums vs pytorch-ood's negated sums), all in float32."""
     run = paths(model)
     _, probe = run["probe"](x)
     loop = run["loop"](x)
     vmap_sum = -run["vmap"](x)
-    rel_loop = ((probe - loop).abs() / loop.abs().clamp_min(1e-12)).max().item()
+    # Features whose gradient is exactly zero in exact arithmetic (attention key biases:
+    # softmax ignores a shift shared by all keys) hold rounding noise on both sides; they
+    # are compared relative to their sample's largest feature instead.
+    scale = torch.maximum(loop.abs(), loop.abs().amax(1, keepdim=True) * 1e-10)
+    rel_loop = ((probe - loop).abs() / scale).max().item()
     rel_vmap = ((probe.sum(1) - vmap_sum).abs() / vmap_sum.abs()).max().item()
     return max(rel_loop, rel_vmap)
 
@@ -110,12 +191,18 @@ CLOCKS: dict[str, Callable[[], float]] = {
 
 
 def time_paths(
-    model: torch.nn.Module, batch: int, repeats: int, clock: str = "wall"
-) -> dict[str, float]:
-    """Median seconds per call, paths interleaved round-robin so machine noise hits all alike."""
+    model: torch.nn.Module,
+    shape: tuple[int, ...],
+    batch: int,
+    repeats: int,
+    clock: str = "wall",
+    with_vmap: bool = True,
+) -> dict[str, list[float]]:
+    """Seconds per call of each path, one sample per round; paths interleaved round-robin
+    so machine noise hits all alike."""
     now = CLOCKS[clock]
-    run = paths(model)
-    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+    run = paths(model, with_vmap)
+    x = sample_input(shape, batch, seed=batch)
     for fn in run.values():  # warm-up
         fn(x)
     samples: dict[str, list[float]] = {k: [] for k in run}
@@ -124,7 +211,17 @@ def time_paths(
             t0 = now()
             fn(x)
             samples[name].append(now() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
+
+
+def round_ratios(samples: dict[str, list[float]], num: str, den: str) -> list[float]:
+    """num/den within each round (both measured seconds apart)."""
+    return [a / b for a, b in zip(samples[num], samples[den], strict=True)]
+
+
+def spread(values: list[float]) -> str:
+    """'median (min–max)'."""
+    return f"{statistics.median(values):.2f}× ({min(values):.2f}–{max(values):.2f})"
 
 
 def _rss_bytes() -> int:
@@ -132,12 +229,13 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * resource.getpagesize()
 
 
-def peak_memory_worker(path: str, batch: int) -> None:
+def peak_memory_worker(model_name: str, path: str, batch: int) -> None:
     """Child process: print the peak RSS growth (bytes) during one call of ``path``,
     sampled every millisecond (a high-water mark reached before the call cannot hide it)."""
-    model = trained_like_resnet18()
-    run = paths(model)
-    x = torch.rand(batch, 3, 32, 32)
+    build, shape, _ = MODELS[model_name]
+    model = build()
+    run = paths(model, with_vmap=path == "vmap")
+    x = sample_input(shape, batch, seed=batch)
     run["forward"](x[:1])  # load kernels before the baseline reading
     base = _rss_bytes()
     peak = base
@@ -159,9 +257,20 @@ def peak_memory_worker(path: str, batch: int) -> None:
     print(max(peak, _rss_bytes()) - base)
 
 
-def peak_memory(path: str, batch: int) -> int:
+def peak_memory(model_name: str, path: str, batch: int, threads: int | None) -> int:
+    extra = ["--threads", str(threads)] if threads else []
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-worker", path, "--batch", str(batch)],
+        [
+            sys.executable,
+            __file__,
+            "--model",
+            model_name,
+            "--memory-worker",
+            path,
+            "--batch",
+            str(batch),
+            *extra,
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -171,8 +280,9 @@ def peak_memory(path: str, batch: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="resnet18-cifar")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--batches", type=int, nargs="+", help="default: the model's")
     parser.add_argument("--json", type=Path, help="also write the measurements as JSON")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument(
@@ -181,40 +291,72 @@ def main() -> None:
         default="wall",
         help="wall seconds, or CPU seconds of all threads (robust on a busy machine)",
     )
+    parser.add_argument(
+        "--vmap-limit-mib",
+        type=float,
+        default=1024,
+        help="skip vmap where its per-sample gradients would need more (default 1024)",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory runs")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_worker:
-        peak_memory_worker(args.memory_worker, args.batch)
-        return
-
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
+    if args.memory_worker:
+        peak_memory_worker(args.model, args.memory_worker, args.batch)
+        return
+
+    build, shape, default_batches = MODELS[args.model]
+    batches = args.batches or default_batches
     torch.manual_seed(0)
-    model = trained_like_resnet18()
+    model = build()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-18 at 3×32×32, "
-        f"{args.clock} clock"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.model} at "
+        f"{'×'.join(map(str, shape))}, {args.clock} clock, {args.repeats} interleaved rounds"
     )
-    err = check_agreement(model, torch.rand(8, 3, 32, 32))
+    err = check_agreement(model, sample_input(shape, 4, seed=0))
     print(f"agreement: probe vs loop vs pytorch-ood vmap, max relative difference {err:.1e}")
-    if err > 1e-4:
+    # float32 on both sides: a deep network's batched and one-sample kernels round
+    # differently (1e-5 typical); 1e-3 would be a bug, not rounding.
+    if err > 1e-3:
         raise SystemExit("feature paths disagree; timings would be meaningless")
-    result: dict[str, object] = {"agreement_max_rel": err, "timing": {}, "memory": {}}
-    for batch in args.batches:
-        t = time_paths(model, batch, args.repeats, args.clock)
+    result: dict[str, object] = {
+        "model": args.model,
+        "threads": torch.get_num_threads(),
+        "clock": args.clock,
+        "agreement_max_rel": err,
+        "timing": {},
+        "memory": {},
+    }
+    for batch in batches:
+        with_vmap = vmap_fits(model, batch, args.vmap_limit_mib)
+        t = time_paths(model, shape, batch, args.repeats, args.clock, with_vmap)
         result["timing"][batch] = t  # type: ignore[index]
-        print(f"\nbatch {batch}: median of {args.repeats}, ratio to one forward pass")
-        for name, sec in t.items():
-            print(f"  {name:<8} {sec * 1e3:8.1f} ms  {sec / t['forward']:5.2f}×")
-        print(
-            f"  probe is {t['vmap'] / t['probe']:.2f}× faster than vmap, "
-            f"{t['loop'] / t['probe']:.2f}× faster than the loop"
-        )
-    mem_batch = max(args.batches)
-    mem = {name: peak_memory(name, mem_batch) for name in ("fwd+bwd", "probe", "vmap", "loop")}
+        med = {k: statistics.median(v) for k, v in t.items()}
+        print(f"\nbatch {batch}: median seconds, ratio to one forward pass")
+        for name, sec in med.items():
+            print(f"  {name:<8} {sec * 1e3:9.1f} ms  {sec / med['forward']:6.2f}×")
+        if not with_vmap:
+            print(f"  vmap     skipped: its per-sample gradients need > {args.vmap_limit_mib} MiB")
+        print("  ratios within each round, median (min–max):")
+        print(f"    probe / forward          {spread(round_ratios(t, 'probe', 'forward'))}")
+        print(f"    probe / (forward+bwd)    {spread(round_ratios(t, 'probe', 'fwd+bwd'))}")
+        print(f"    loop / probe             {spread(round_ratios(t, 'loop', 'probe'))}")
+        print(f"    loop / (forward+bwd)     {spread(round_ratios(t, 'loop', 'fwd+bwd'))}")
+        if with_vmap:
+            print(f"    vmap / probe             {spread(round_ratios(t, 'vmap', 'probe'))}")
+    if args.no_memory:
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return
+    mem_batch = max(batches)
+    names = ["fwd+bwd", "probe", "loop"]
+    if vmap_fits(model, mem_batch, args.vmap_limit_mib):
+        names.insert(2, "vmap")
+    mem = {name: peak_memory(args.model, name, mem_batch, args.threads) for name in names}
     result["memory"] = mem
     print(f"\npeak memory growth at batch {mem_batch} (fresh process each)")
     for name, b in mem.items():

@@ -95,27 +95,45 @@ def pooled_width(module: nn.Module) -> int | None:
 
 @dataclass
 class Gaussians:
-    """Class means [K, D] and a whitening factor [D, r] of a tied covariance (JSON-able)."""
+    """Class means [K, D] and a whitening factor [D, r] of a tied covariance (JSON-able).
+
+    classes: the class id of each row of ``means`` [K] (None: row k is class k). A model
+    with more classes than its statistics data holds (ImageNet's 1,000 from a few photos)
+    has rows only for the classes seen.
+    """
 
     means: np.ndarray
     whitener: np.ndarray
+    classes: np.ndarray | None = None
 
     @classmethod
     def fit(cls, feats: np.ndarray, labels: np.ndarray) -> Gaussians:
-        _, means, whitener = fit_tied_gaussian(feats, labels)
-        return cls(means, whitener)
+        classes, means, whitener = fit_tied_gaussian(feats, labels)
+        return cls(means, whitener, classes)
 
     def closest(self, feats: np.ndarray) -> np.ndarray:
         """[N]: distance to the closest class mean."""
         return min_class_distance(feats, self.means, self.whitener)
 
     def to_class(self, feats: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        """[N]: distance of row i to the mean of class ``classes[i]``."""
-        diff = (feats - self.means[classes]) @ self.whitener
-        return np.sqrt((diff**2).sum(1))
+        """[N]: distance of row i to the mean of class ``classes[i]``; to the closest mean
+        for a class the statistics never saw."""
+        ids = np.arange(len(self.means)) if self.classes is None else self.classes
+        rows = np.searchsorted(ids, classes).clip(0, len(ids) - 1)
+        seen = ids[rows] == classes
+        diff = (feats - self.means[rows]) @ self.whitener
+        out = np.sqrt((diff**2).sum(1))
+        if not seen.all():
+            out[~seen] = self.closest(feats[~seen])
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"means": self.means.tolist(), "whitener": self.whitener.tolist()}
+        d: dict[str, Any] = {"means": self.means.tolist(), "whitener": self.whitener.tolist()}
+        if self.classes is not None and not np.array_equal(
+            self.classes, np.arange(len(self.means))
+        ):
+            d["classes"] = self.classes.tolist()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], what: str, width: int | None = None) -> Gaussians:
@@ -147,7 +165,21 @@ class Gaussians:
                 f"{whitener.shape} do not fit together"
                 + (f" or the {width} features they describe" if width is not None else "")
             )
-        return cls(means, whitener)
+        classes = None
+        if "classes" in d:
+            raw = d["classes"]
+            if (
+                not isinstance(raw, list)
+                or len(raw) != len(means)
+                or not all(isinstance(c, int) and not isinstance(c, bool) for c in raw)
+                or sorted(set(raw)) != raw
+            ):
+                raise ValueError(
+                    f"malformed feature spec: {what} classes must be {len(means)} increasing "
+                    "class ids, one per mean"
+                )
+            classes = np.asarray(raw, dtype=np.int64)
+        return cls(means, whitener, classes)
 
 
 LOG_FLOOR = 1e-30

@@ -12,6 +12,11 @@ with respect to the input pixels, which no feature needs (on small models that i
 costliest kernel of the whole backward). Tensor hooks registered before an in-place op
 (``ReLU(inplace)``, ``out += identity``) still see the gradient of the layer's own
 output.
+
+Modules with a registered rule are hooked as modules. Parameters of modules without one
+(raw parameters such as class tokens, position embeddings and layer scales; subclasses
+that override ``forward``; parametrised weights) are followed op by op while the forward
+runs (``detectors.probe.ops``): each op where one meets the batch is hooked like a layer.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from torch import Tensor, nn
 
 from detectors.losses import get_loss
 from detectors.probe import rules as _rules  # noqa: F401  (registers every rule)
-from detectors.probe.fallback import fallback_norms
+from detectors.probe.ops import OpTracker
 from detectors.probe.registry import ProbeError, rule_for
+from detectors.probe.rules._outer import sq_norm
 
 
 @dataclass
@@ -37,7 +43,6 @@ class _Unit:
     name: str
     module: nn.Module
     columns: dict[str, int]  # local parameter name -> feature column
-    uses_rule: bool
     args: tuple[Any, ...] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     versions: tuple[int, ...] = ()
@@ -112,17 +117,26 @@ class GradientProbe:
         self._check_untied(model, names)
         owners = _owner_of(model)
         units: dict[str, _Unit] = {}
+        parametrised = {
+            mod_name
+            for name in names
+            for mod_name, _, local in [owners[name]]
+            if local.startswith("parametrizations.")
+        }
+        # Parameters followed op by op: id -> (parameter, name, column)
+        self._op_params: dict[int, tuple[nn.Parameter, str, int]] = {}
         for column, name in enumerate(names):
             mod_name, module, local = owners[name]
+            if rule_for(module) is None or mod_name in parametrised:
+                self._op_params[id(all_params[name])] = (all_params[name], name, column)
+                continue
             unit = units.get(mod_name)
             if unit is None:
-                uses_rule = rule_for(module) is not None and not local.startswith(
-                    "parametrizations."
-                )
-                unit = units[mod_name] = _Unit(mod_name, module, {}, uses_rule)
+                unit = units[mod_name] = _Unit(mod_name, module, {})
             unit.columns[local] = column
         self.feature_names: list[str] = names
         self._units = list(units.values())
+        self._model_param_ids = {id(p) for p in model.parameters()}
         self._hooks_active = False
 
     @staticmethod
@@ -168,11 +182,33 @@ class GradientProbe:
             u.module.register_forward_hook(self._forward_hook(u, anchor, current), with_kwargs=True)
             for u in self._units
         ]
+        batch = x.shape[0]
+        current["batch"] = batch
+        x_in = x.detach()
+        tracker = None
+        if self._op_params:
+            tracker = OpTracker(
+                params={k: v[0] for k, v in self._op_params.items()},
+                names={k: v[1] for k, v in self._op_params.items()},
+                columns={k: v[2] for k, v in self._op_params.items()},
+                model_params=self._model_param_ids,
+                batch=batch,
+                attach=lambda out, hook: _attach(out, hook, anchor, current),
+                current=current,
+            )
+            # Everything computed from the batch then requires grad: that is how the tracker
+            # tells activations from parameters and constants. The backward never reaches
+            # the input (it stops at the first probed ops), so no input gradient is computed.
+            x_in.requires_grad_(True)
         try:
             with torch.enable_grad():
                 self._hooks_active = True
                 t0 = time.perf_counter()
-                logits = self.model(x.detach())
+                if tracker is None:
+                    logits = self.model(x_in)
+                else:
+                    with tracker:
+                        logits = self.model(x_in)
                 t1 = time.perf_counter()
                 self._hooks_active = False
                 if (
@@ -185,6 +221,7 @@ class GradientProbe:
                     )
                 for k, (name, fn) in enumerate(zip(loss_names, loss_fns, strict=True)):
                     current["norms"] = norms = {}
+                    current["grads"] = grads = {}
                     current["last"] = k == len(loss_fns) - 1
                     # A probed layer the logits do not depend on keeps zero norms: its
                     # gradient is zero, and so may the anchor's path be unused.
@@ -194,6 +231,9 @@ class GradientProbe:
                         retain_graph=k < len(loss_fns) - 1,
                         allow_unused=True,
                     )
+                    for column, per_sample in grads.items():  # op-level parameters
+                        norms[column] = sq_norm(per_sample)
+                    grads.clear()
                     if norms:  # one write of all columns, not one per parameter
                         columns = list(norms)
                         feats[name][:, columns] = torch.stack(
@@ -206,6 +246,9 @@ class GradientProbe:
                 h.remove()
             for u in self._units:
                 u.args, u.kwargs, u.versions = None, {}, ()
+            if tracker is not None:
+                tracker.exprs.clear()
+                tracker.sites.clear()
             # The graph's hooks hold ``current`` and ``current`` holds graph nodes: a cycle
             # through C++ that Python's collector cannot see. Break it, or every call's
             # graph (activations and all) would stay in memory.
@@ -231,25 +274,26 @@ class GradientProbe:
                 raise ProbeError(
                     f"module {unit.name!r} must return one float tensor; got {_describe(output)}"
                 )
+            batch = current["batch"]
+            if (
+                output.dim() == 0
+                or output.shape[0] != batch
+                or any(
+                    isinstance(a, Tensor) and (a.dim() == 0 or a.shape[0] != batch) for a in args
+                )
+            ):
+                # Window-partitioned attention (Swin) folds windows into the first dim: a
+                # rule would treat each window as a sample.
+                raise ProbeError(
+                    f"module {unit.name!r} sees tensors whose first dim is not the batch size "
+                    f"({batch}): {[tuple(a.shape) for a in args if isinstance(a, Tensor)]} -> "
+                    f"{tuple(output.shape)}; the probe needs dim 0 to index samples"
+                )
             unit.args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
             unit.kwargs = dict(kwargs)
             unit.versions = tuple(a._version for a in unit.args if isinstance(a, Tensor))
-            probed, memo = current["probed"], current["memo"]
-            if output.requires_grad and _descends_from([output], probed, memo):
-                # Fed by a probed layer (through its inputs or a probed child module): the
-                # backward to the anchor reaches this output, and a tensor hook registered
-                # now sees its gradient even if an in-place op (ReLU(inplace),
-                # `out += identity`) modifies it later. No copy needed.
-                output.register_hook(self._grad_hook(unit, current))
-                probed.add(output.grad_fn)
-                return None
-            # No probed layer before it: the backward need not go beyond this output. The
-            # anchor (a zero) joins the graph here instead; its gradient, one sum over the
-            # output per loss, costs less than any Python-level hand-over would.
-            tapped = output.detach() + anchor
-            tapped.register_hook(self._grad_hook(unit, current))
-            probed.add(tapped.grad_fn)
-            return tapped
+            tapped = _attach(output, self._grad_hook(unit, current), anchor, current)
+            return None if tapped is output else tapped
 
         return hook
 
@@ -264,12 +308,7 @@ class GradientProbe:
                     f"the input of module {unit.name!r} was modified in place after it ran; "
                     "its recorded activations are no longer valid"
                 )
-            if unit.uses_rule:
-                norms = rule_for(unit.module)(unit.module, args, grad_output)
-            else:
-                norms = fallback_norms(
-                    unit.module, list(unit.columns), args, unit.kwargs, grad_output
-                )
+            norms = rule_for(unit.module)(unit.module, args, grad_output)
             out = current["norms"]
             for local, column in unit.columns.items():
                 out[column] = norms[local].detach()
@@ -301,6 +340,27 @@ class GradientProbe:
             )
         if self.model.training:
             raise ProbeError("the model is in training mode; per-sample features need model.eval()")
+
+
+def _attach(output: Tensor, hook: Any, anchor: Tensor, current: dict[str, Any]) -> Tensor:
+    """Register ``hook`` for dJ/d(output); return the tensor the forward continues with.
+
+    Fed by a probed layer (through its inputs or a probed child module): the backward to
+    the anchor reaches this output, and a tensor hook registered now sees its gradient even
+    if an in-place op (ReLU(inplace), ``out += identity``) modifies it later — no copy.
+    No probed layer before it: the backward need not go beyond this output. The anchor (a
+    zero) joins the graph here instead; its gradient, one sum over the output per loss,
+    costs less than any Python-level hand-over would.
+    """
+    probed, memo = current["probed"], current["memo"]
+    if output.requires_grad and _descends_from([output], probed, memo):
+        output.register_hook(hook)
+        probed.add(output.grad_fn)
+        return output
+    tapped = output.detach() + anchor
+    tapped.register_hook(hook)
+    probed.add(tapped.grad_fn)
+    return tapped
 
 
 def _descends_from(tensors: list[Tensor], nodes: set[Any], memo: dict[Any, bool]) -> bool:

@@ -9,7 +9,8 @@ of the gradient of each of the module's own parameters. Exact type matching (not
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from torch import Tensor, nn
 
@@ -55,3 +56,51 @@ def rule_for(module: nn.Module) -> NormRule | None:
 def registered_types() -> tuple[type[nn.Module], ...]:
     """Module types with a registered rule, in registration order."""
     return tuple(_RULES)
+
+
+class FunctionalRule(Protocol):
+    """``rule(call, grad_output) -> {role: [B] squared norms}`` for a functional op.
+
+    ``call`` is the op's arguments by name (from the entry's ``bind``), with the input
+    recorded in the forward pass; roles are argument names ("weight", "bias").
+    """
+
+    def __call__(self, call: dict[str, Any], grad_output: Tensor) -> dict[str, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class FunctionalEntry:
+    """A functional op's rule and ``bind(*args, **kwargs) -> {argument name: value}``."""
+
+    rule: FunctionalRule
+    bind: Callable[..., dict[str, Any]]
+
+
+_FUNCTIONAL: dict[Callable[..., Any], FunctionalEntry] = {}
+
+
+def register_functional(
+    *funcs: Callable[..., Any], bind: Callable[..., dict[str, Any]]
+) -> Callable[[FunctionalRule], FunctionalRule]:
+    """Decorator: register ``rule`` for calls of ``funcs`` (e.g. ``F.conv2d``) whose weight or
+    bias is a probed parameter of a module with no module rule (a subclass overriding
+    ``forward``, or a custom module calling the functional op)."""
+
+    def decorate(rule: FunctionalRule) -> FunctionalRule:
+        for func in funcs:
+            if func in _FUNCTIONAL:
+                raise ValueError(f"a functional rule for {func.__name__} is already registered")
+            _FUNCTIONAL[func] = FunctionalEntry(rule, bind)
+        return rule
+
+    return decorate
+
+
+def functional_rule_for(func: Callable[..., Any]) -> FunctionalEntry | None:
+    """The registered functional rule for ``func``, or None (→ exact per-op fallback)."""
+    return _FUNCTIONAL.get(func)
+
+
+def registered_functionals() -> tuple[Callable[..., Any], ...]:
+    """Functional ops with a registered rule, in registration order."""
+    return tuple(_FUNCTIONAL)

@@ -326,3 +326,21 @@ def test_spec_naming_a_missing_layer_is_refused(
     spec["layers"]["no.such.layer"] = spec["layers"][HEAD]
     with pytest.raises(ValueError, match=r"'no\.such\.layer' is not a submodule"):
         FeatureExtractor.from_dict(digits_model, spec)
+
+
+def test_gaussians_of_a_subset_of_classes() -> None:
+    """Statistics that saw only some classes (a 1,000-class model, a few photos): a seen
+    class is measured to its own mean, an unseen one to the closest; ids survive JSON."""
+    import numpy as np
+
+    from detectors.features import Gaussians
+
+    rng = np.random.default_rng(0)
+    feats = np.concatenate([rng.normal(0, 1, (20, 3)), rng.normal(5, 1, (20, 3))])
+    g = Gaussians.fit(feats, np.array([3] * 20 + [7] * 20))
+    again = Gaussians.from_dict(g.to_dict(), "test", width=3)
+    x = np.array([[5.0, 5.0, 5.0], [5.0, 5.0, 5.0], [0.0, 0.0, 0.0]])
+    for model in (g, again):
+        d = model.to_class(x, np.array([7, 3, 999]))
+        assert d[0] < d[1]  # class 7's mean is near (5, 5, 5), class 3's far
+        assert d[2] == model.closest(x[2:])[0]  # never-seen class 999: the closest mean

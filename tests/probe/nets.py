@@ -165,6 +165,38 @@ class TwoTowerNet(nn.Module):
         return self.head(h) + x.mean(dim=(1, 2, 3)).unsqueeze(1)
 
 
+class TokenNet(nn.Module):
+    """Raw parameters used directly in forward, as transformers use them: a class token
+    expanded to the batch and concatenated, a position embedding added, a layer scale
+    multiplied in twice (its per-sample gradients add up before the norm), and a
+    channels-last LayerNorm subclass that calls F.layer_norm itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 2, stride=2)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 8))
+        self.pos = nn.Parameter(torch.randn(1, 5, 8) * 0.5)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 8))
+        self.norm = ChannelsLastNorm(8)
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.patch(x).flatten(2).transpose(1, 2)  # [B, 4, 8]
+        h = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), h], dim=1) + self.pos
+        h = h + self.scale * torch.nn.functional.gelu(self.mix(self.norm(h)))
+        h = h * self.scale.tanh()  # the second use, through an expression of the parameter
+        return self.head(h[:, 0])
+
+
+class ChannelsLastNorm(nn.LayerNorm):
+    """A LayerNorm subclass overriding forward (no module rule: the F.layer_norm call is
+    what the probe follows)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.contiguous())
+
+
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give BatchNorm layers non-trivial running stats and affine params; eval mode."""
     g = torch.Generator().manual_seed(seed)
@@ -186,4 +218,5 @@ NETS = {
     "norm_embed": (NormEmbedNet, (10,)),
     "no_rule": (NoRuleNet, (3, 4, 4)),
     "two_tower": (TwoTowerNet, (3, 5, 5)),
+    "tokens": (TokenNet, (3, 4, 4)),
 }

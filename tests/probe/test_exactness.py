@@ -140,7 +140,10 @@ def _probe_objects() -> int:
     gc.collect()
     return sum(
         isinstance(o, torch.Tensor)
-        or (isinstance(o, types.FunctionType) and o.__module__ == "detectors.probe.core")
+        or (
+            isinstance(o, types.FunctionType)
+            and o.__module__ in ("detectors.probe.core", "detectors.probe.ops")
+        )
         for o in gc.get_objects()
     )
 

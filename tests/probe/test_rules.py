@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from detectors import GradientProbe
-from detectors.probe.registry import ProbeError, registered_types
+from detectors.probe.registry import ProbeError, registered_functionals, registered_types
 from detectors.probe.rules._outer import outer_sum_sq_norm
 from tests.probe.reference import reference_features
 from tests.probe.test_exactness import assert_close_rel
@@ -145,8 +145,21 @@ def test_inference_mode_is_refused() -> None:
         # ... narrow layers on many positions materialise per-sample weight gradients
         nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, padding_mode="replicate"),
         nn.Conv1d(4, 6, 5, padding="same"),
+        # ... depthwise layers: a forward convolution with g as the kernel
+        nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4),
+        nn.Conv2d(6, 6, (5, 3), dilation=(1, 2), padding=(2, 1), groups=6, bias=False),
+        nn.Conv1d(4, 4, 3, stride=3, padding=2, dilation=2, groups=4),
     ],
-    ids=["ghost-grouped", "ghost-reflect", "ghost-1d-circular", "mat-replicate", "mat-1d-same"],
+    ids=[
+        "ghost-grouped",
+        "ghost-reflect",
+        "ghost-1d-circular",
+        "mat-replicate",
+        "mat-1d-same",
+        "depthwise-strided",
+        "depthwise-dilated",
+        "depthwise-1d",
+    ],
 )
 def test_conv_branches_match_reference(conv: nn.Module) -> None:
     from detectors.probe.rules.conv import conv_norms  # noqa: F401  (the rule under test)
@@ -164,3 +177,79 @@ def test_conv_branches_match_reference(conv: nn.Module) -> None:
     probe = GradientProbe(model)
     _, feats = probe.features(x)
     assert_close_rel(feats, reference_features(model, x, probe.feature_names))
+
+
+class FunctionalCall(nn.Module):
+    """A module with no rule that calls ``func`` with its own weight (and bias)."""
+
+    def __init__(self, func: Callable, weight: torch.Tensor, bias: torch.Tensor | None, **kw):
+        super().__init__()
+        self.func, self.kw = func, kw
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.func is torch.nn.functional.layer_norm:
+            return self.func(x, self.kw["shape"], self.weight, self.bias)
+        return self.func(x, self.weight, self.bias, **self.kw)
+
+
+# One example per registered functional op: (module, input prep, flattened width).
+FUNCTIONAL_EXAMPLES: dict[Callable, Callable[[], tuple[nn.Module, Callable, int]]] = {
+    torch.nn.functional.linear: lambda: (
+        FunctionalCall(torch.nn.functional.linear, torch.randn(5, 12), torch.randn(5)),
+        lambda x: x.reshape(-1, 2, 12),
+        10,
+    ),
+    torch.nn.functional.conv1d: lambda: (
+        FunctionalCall(
+            torch.nn.functional.conv1d, torch.randn(3, 2, 3), torch.randn(3), padding="same"
+        ),
+        lambda x: x.reshape(-1, 2, 12),
+        36,
+    ),
+    torch.nn.functional.conv2d: lambda: (
+        FunctionalCall(
+            torch.nn.functional.conv2d, torch.randn(6, 1, 3, 3), None, stride=2, groups=2
+        ),
+        lambda x: torch.nn.functional.pad(x.reshape(-1, 2, 3, 4), (1, 1, 1, 1)),
+        24,
+    ),
+    torch.nn.functional.layer_norm: lambda: (
+        FunctionalCall(
+            torch.nn.functional.layer_norm, torch.rand(4) + 0.5, torch.randn(4), shape=(4,)
+        ),
+        lambda x: x.reshape(-1, 6, 4),
+        24,
+    ),
+}
+
+
+def test_every_functional_rule_has_an_example() -> None:
+    missing = [f.__name__ for f in registered_functionals() if f not in FUNCTIONAL_EXAMPLES]
+    assert not missing, f"add an exactness example for {missing}"
+
+
+@pytest.mark.parametrize("func", registered_functionals(), ids=lambda f: f.__name__)
+def test_registered_functional_rule_matches_reference(func: Callable) -> None:
+    torch.manual_seed(0)
+    layer, prep, width = FUNCTIONAL_EXAMPLES[func]()
+    model = Wrap(layer, prep, width).eval()
+    x = torch.randn(9, 24)
+    probe = GradientProbe(model)
+    _, feats = probe.features(x)
+    assert_close_rel(feats, reference_features(model, x, probe.feature_names))
+
+
+def test_parameter_used_by_two_rule_sites_is_refused() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            lin = torch.nn.functional.linear
+            return lin(torch.tanh(lin(x, self.weight)), self.weight)
+
+    with pytest.raises(ProbeError, match="more than one op"):
+        GradientProbe(Twice().eval()).features(torch.randn(3, 4))

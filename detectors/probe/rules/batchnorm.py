@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 
 from detectors.probe.registry import ProbeError, register_rule
@@ -22,14 +22,16 @@ def batchnorm_norms(
         )
     x, g = inputs[0], grad_output
     b, c = x.shape[0], x.shape[1]
-    # x̂ = (x - mean) / sqrt(var + eps) from the running statistics, in one fused kernel.
-    x_hat = F.batch_norm(
-        x, module.running_mean, module.running_var, None, None, False, 0.0, module.eps
-    )
     g = g.reshape(b, c, -1)
+    g_sum = g.sum(2)  # [B, C]
     norms: dict[str, Tensor] = {}
     if module.weight is not None:
-        norms["weight"] = sq_norm((g * x_hat.reshape(b, c, -1)).sum(2))
+        # Σ_t g·x̂ = (Σ_t g·x − μ·Σ_t g) / √(var + ε): a batched dot product reads g and x
+        # once and writes nothing the size of the activations (x̂ would be one more pass
+        # and one more copy of them).
+        gx = torch.einsum("bct,bct->bc", g, x.reshape(b, c, -1))
+        rstd = (module.running_var + module.eps).rsqrt()
+        norms["weight"] = sq_norm((gx - module.running_mean * g_sum) * rstd)
     if module.bias is not None:
-        norms["bias"] = sq_norm(g.sum(2))
+        norms["bias"] = sq_norm(g_sum)
     return norms
