@@ -212,7 +212,7 @@ def test_refuses_invalid_onnx_even_with_a_matching_hash(tmp_path: Path, save: An
     ("edit", "match"),
     [
         (lambda m: m.pop("threshold"), r"missing field\(s\) \['threshold'\]"),
-        (lambda m: m.update(threshold="high"), "'threshold' must be a number in \\[0, 1\\]"),
+        (lambda m: m.update(threshold="high"), "'threshold' must be a number in \\(0, 1\\)"),
         (lambda m: m.update(target_fpr=0), "'target_fpr' must be a number in \\(0, 1\\)"),
         (lambda m: m.update(kinds=["adversarial", "ood"]), "do not match strategy 'per_kind'"),
         (lambda m: m.update(kinds=["adversarial", "ood", "spoof"]), "unknown challenge kind"),
