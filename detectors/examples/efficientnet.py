@@ -106,8 +106,7 @@ def _example() -> Tensor:
 
 def export_torchscript(path: Path) -> Path:
     """``torch.jit.trace`` of the pretrained model, saved at ``path``."""
-    model = build_pretrained()
-    model.set_swish(memory_efficient=False)  # no custom autograd Function in the trace
+    model = build_pretrained()  # ReLU6 throughout: no custom autograd Function to trace
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.trace(model, _example()).save(str(path))
@@ -117,7 +116,6 @@ def export_torchscript(path: Path) -> Path:
 def export_onnx(path: Path) -> Path:
     """The pretrained model as ONNX (torch's TorchScript-based exporter, dynamic batch)."""
     model = build_pretrained()
-    model.set_swish(memory_efficient=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
