@@ -116,7 +116,9 @@ class Bundle:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """ "sha256:<hex>" over every named parameter, then every named buffer, in module order.
+    """ "sha256:<hex>" over every named parameter, then every persistent buffer (those in the
+    state dict), in module order. Non-persistent buffers are derived values, not state (an
+    ONNX twin's graph constants, a transformer's position ids).
 
     Each tensor contributes its name, dtype, shape and the raw bytes of its contiguous CPU
     copy, each length-prefixed so that no two different models hash the same stream. BatchNorm
@@ -125,7 +127,9 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     digest = hashlib.sha256()
-    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+    state = model.state_dict(keep_vars=True)
+    buffers = ((n, b) for n, b in model.named_buffers() if n in state)
+    for name, tensor in itertools.chain(model.named_parameters(), buffers):
         if tensor.is_meta:
             raise ValueError(f"tensor {name!r} is on the meta device and holds no values")
         t = tensor.detach().cpu().resolve_conj().resolve_neg().contiguous()

@@ -28,6 +28,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from efficientnet_lite_pytorch import EfficientNet
@@ -106,8 +107,7 @@ def _example() -> Tensor:
 
 def export_torchscript(path: Path) -> Path:
     """``torch.jit.trace`` of the pretrained model, saved at ``path``."""
-    model = build_pretrained()
-    model.set_swish(memory_efficient=False)  # no custom autograd Function in the trace
+    model = build_pretrained()  # ReLU6 throughout: no custom autograd Function to trace
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.trace(model, _example()).save(str(path))
@@ -115,9 +115,16 @@ def export_torchscript(path: Path) -> Path:
 
 
 def export_onnx(path: Path) -> Path:
-    """The pretrained model as ONNX (torch's TorchScript-based exporter, dynamic batch)."""
+    """The pretrained model as ONNX (torch's TorchScript-based exporter, dynamic batch).
+
+    Opset 10 states each 'same' padding as one Pad node with constant pads (later opsets
+    compute them in the graph); every such zero Pad feeding a Conv is then folded into the
+    Conv's own (begin, end) pads, which ONNX allows to differ. BatchNorm nodes are kept:
+    the served parameters, and so the bundle's feature schema, stay the model's.
+    """
+    import onnx
+
     model = build_pretrained()
-    model.set_swish(memory_efficient=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -125,14 +132,55 @@ def export_onnx(path: Path) -> Path:
             (_example(),),
             str(path),
             dynamo=False,
+            opset_version=10,
             input_names=["x"],
             output_names=["logits"],
             dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-            # keep BatchNorm nodes (eval mode) rather than folding them into the convs: the
-            # served parameters, and so the bundle's feature schema, stay the model's
             training=torch.onnx.TrainingMode.PRESERVE,
         )
+    graph = onnx.load(str(path))
+    _fold_pads_into_convs(graph.graph)
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
     return path
+
+
+def _fold_pads_into_convs(graph: Any) -> None:
+    """Pad(constant 0, spatial dims only) -> Conv becomes one Conv with those pads."""
+    from onnx import helper
+
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    folded = []
+    for pad in graph.node:
+        if pad.op_type != "Pad":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
+        pads, users = list(attrs.get("pads", [])), consumers.get(pad.output[0], [])
+        mode = attrs.get("mode", b"constant")
+        if (
+            len(users) != 1
+            or users[0].op_type != "Conv"
+            or users[0].input[0] != pad.output[0]
+            or mode not in (b"constant", "constant")
+            or attrs.get("value", 0.0) != 0.0
+            or len(pads) != 8
+            or any(pads[i] for i in (0, 1, 4, 5))  # batch and channel dims
+        ):
+            continue
+        conv = users[0]
+        conv_attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        old = list(conv_attrs.get("pads", [0, 0, 0, 0]))
+        new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]
+        kept = [a for a in conv.attribute if a.name != "pads"]
+        del conv.attribute[:]
+        conv.attribute.extend([*kept, helper.make_attribute("pads", new)])
+        conv.input[0] = pad.input[0]
+        folded.append(pad)
+    for pad in folded:
+        graph.node.remove(pad)
 
 
 def server_configs(out: Path, bundle: Path) -> dict[str, Path]:

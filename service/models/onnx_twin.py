@@ -131,6 +131,7 @@ class _Builder:
     ) -> None:
         self.twin = twin
         self.consts: dict[str, np.ndarray] = dict(inits)
+        self.initializers = set(inits)
         self.produced: set[str] = {twin.input_name}
         self.skip: set[int] = set()
         self.outputs = {o.name for o in model.graph.output}
@@ -157,7 +158,15 @@ class _Builder:
         if name in self.produced or name in self.twin._buffer_of:
             return name
         value = torch.from_numpy(np.array(self.consts[name]))
-        path = self.attach_buffer(name, value, f"const_{len(self.twin._buffer_of)}")
+        # A Constant node's value (a normalisation factor, a shape) is part of the graph, not
+        # of the model's state: non-persistent, so it stays out of the state dict and the
+        # fingerprint, which then equals the eager model's.
+        path = self.attach_buffer(
+            name,
+            value,
+            f"const_{len(self.twin._buffer_of)}",
+            persistent=name in self.initializers,
+        )
         self.twin._buffer_of[name] = path
         return name
 
@@ -190,11 +199,13 @@ class _Builder:
                 return path
         raise ModelLoadError(f"cannot place the twin module for {fallback!r}")
 
-    def attach_buffer(self, preferred: str, value: Tensor, fallback: str) -> str:
+    def attach_buffer(
+        self, preferred: str, value: Tensor, fallback: str, persistent: bool = True
+    ) -> str:
         for path in (preferred, fallback):
             if self._parent(path, create=False) is not None:
                 parent, leaf = self._parent(path, create=True)  # type: ignore[misc]
-                parent.register_buffer(leaf, value)
+                parent.register_buffer(leaf, value, persistent=persistent)
                 return path
         raise ModelLoadError(f"cannot place the twin buffer for {preferred!r}")
 

@@ -44,6 +44,9 @@ def test_check_prints_the_photos_classes(artifacts: Path, fmt: str, capsys) -> N
             "GRADSENTRY_METRICS_PORT": "0",
             "GRADSENTRY_DEVICE": "cpu",
             "GRADSENTRY_TORCH_THREADS": "1",
+            # the model in this process: one model load per format instead of two processes'
+            # (the process worker is what the demo's server tests exercise)
+            "GRADSENTRY_MODEL_WORKER": "inline",
         },
     )
     files = sorted((artifacts / "photos").glob("*.png"))
