@@ -250,7 +250,7 @@ def test_eval_duplicate_set_names(
 
 
 def test_eval_unknown_baseline(workdir: Path, bundle: Path, weights: Path, test_data: Path) -> None:
-    result = _eval(workdir, bundle, "--set", "fgsm", "--baselines", "msp,knn",
+    result = _eval(workdir, bundle, "--set", "fgsm", "--baselines", "msp,deep_svdd",
                    data=test_data, weights=weights)  # fmt: skip
-    _assert_refused(result, "eval", "unknown baseline(s) ['knn']")
+    _assert_refused(result, "eval", "unknown baseline(s) ['deep_svdd']")
     assert list(workdir.iterdir()) == []
