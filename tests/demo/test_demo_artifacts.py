@@ -34,7 +34,27 @@ def test_demo_trusts_clean_digits_and_flags_noise() -> None:
     noise = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     flagged = sentry.check(noise)
     assert flagged.flagged.all()
-    assert set(flagged.kind) <= {"ood", "corrupted", "adversarial"}
+    assert set(flagged.kind) == {"ood"}  # uniform noise is the demo's fitted OOD kind
+
+
+def test_demo_names_the_kinds_it_was_fitted_on() -> None:
+    # What `gradsentry check --demo` shows: each fit challenge, made from the sample digits,
+    # is flagged and attributed to its own kind (the attribution head, not the detection
+    # heads: those named nearly every flagged input "corrupted").
+    from detectors.challenges import ChallengeContext, parse_spec
+    from detectors.demo.sets import FIT_CHALLENGES
+
+    images, labels = _samples()
+    model = load_demo_model()
+    sentry = Sentry.load(model, ARTIFACTS / "bundle")
+    for spec in FIT_CHALLENGES:
+        challenge = parse_spec(spec)
+        made = challenge.generate(ChallengeContext(images, labels, model, seed=0))
+        verdicts = sentry.check(torch.from_numpy(made))
+        kinds = np.array(verdicts.kind, dtype=object)[verdicts.flagged]
+        assert verdicts.flagged.mean() >= 0.9, spec
+        # >= 90% of the flagged named right; measured 57/60 on 20 inputs of each kind.
+        assert (kinds == challenge.kind).mean() >= 0.9, (spec, kinds.tolist())
 
 
 def test_committed_demo_report_meets_every_bar() -> None:
@@ -46,8 +66,15 @@ def test_committed_demo_report_meets_every_bar() -> None:
     root = Path(__file__).resolve().parents[2]
     report = json.loads((root / "docs/demo/report.json").read_text(encoding="utf-8"))
     bars = check_bars(report)
-    assert len(bars) == 9  # five AUROC bars, three family margins, the clean FPR
-    missed = [f"{b.name}: {b.value:.4f} (target {b.target})" for b in bars if not b.met]
+    # five AUROC bars, three family margins, kind attribution, the clean FPR
+    assert len(bars) == 10
+    kind = next(b for b in bars if b.name.startswith("kind:"))
+    assert kind.value == report["kind_confusion"]["accuracy"]
+    # The kind bar is shown in docs/demo/bars.md but not met yet (README: "Kind
+    # attribution"); every detection bar must be.
+    missed = [
+        f"{b.name}: {b.value:.4f} (target {b.target})" for b in bars if not b.met and b is not kind
+    ]
     assert not missed, missed
     # and the report is about the committed bundle's fit challenges
     assert report["meta"]["test images"] == 2000

@@ -226,6 +226,10 @@ def test_refuses_invalid_onnx_even_with_a_matching_hash(tmp_path: Path, save: An
             "feature_schema lists 9 features but the heads take 10",
         ),
         (lambda m: m["feature_schema"][2].pop("name"), "feature_schema'\\[2\\] must be an object"),
+        (lambda m: m["attribution"].update(temperature=0), "'attribution' must be"),
+        (lambda m: m["attribution"].update(head="kinds"), "'attribution' must be"),
+        # the kind head listed without its attribution entry (no temperature to apply)
+        (lambda m: m.pop("attribution"), "do not match strategy 'per_kind'"),
     ],
 )
 def test_refuses_edited_manifest(tmp_path: Path, save: Any, edit: Any, match: str) -> None:

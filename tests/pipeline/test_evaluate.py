@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from detectors.challenges import parse_spec
+from detectors.challenges import ChallengeContext, parse_spec
 from detectors.evaluate.report import Report
 from detectors.evaluate.run import BASELINES, PRIMARY, EvalSet, evaluate
 from detectors.sentry import Sentry
@@ -145,3 +145,25 @@ def test_sets_come_from_the_cache_when_given(
     again = evaluate(sentry, images, labels, sets, cache=SetCache(tmp_path), **args)
     uncached = evaluate(sentry, images, labels, sets, **args)
     assert first.to_dict() == again.to_dict() == uncached.to_dict()
+
+
+def test_kind_confusion_counts_the_sentrys_flagged_unseen_inputs(
+    report: Report,
+    digits_model: nn.Module,
+    bundle_dir: Path,
+    test_split: tuple[np.ndarray, np.ndarray],
+) -> None:
+    conf = report.kind_confusion
+    assert conf is not None
+    assert conf.sets == tuple(name for name, _, seen in SETS if not seen)
+    # The Gaussian-noise OOD set is regenerated with its seed (1000 + its index) and
+    # scored directly: the report counts exactly its flagged inputs, by attributed kind.
+    index = [name for name, _, _ in SETS].index("gaussian")
+    made = parse_spec("ood:source=gaussian").generate(
+        ChallengeContext(*test_split, digits_model, seed=1000 + index)
+    )
+    verdicts = Sentry.load(digits_model, bundle_dir).check(torch.from_numpy(made))
+    kinds = np.array(verdicts.kind, dtype=object)[verdicts.flagged]
+    expected = {str(k): int((kinds == k).sum()) for k in set(kinds.tolist())}
+    assert conf.counts["ood"] == expected
+    assert sum(conf.counts["adversarial"].values()) > 0  # FGSM at 0.1 is flagged too
