@@ -171,3 +171,12 @@ def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
         raise ValueError(f"model must return logits [B, num_classes]; got {shape}")
     return z
+
+
+def check_width(feats: np.ndarray, fitted: int) -> None:
+    """Refuse penultimate features [N, D] whose width D is not the ``fitted`` one."""
+    if feats.shape[1] != fitted:
+        raise ValueError(
+            f"the model's penultimate features have {feats.shape[1]} dimensions, "
+            f"but this baseline was fitted on {fitted}"
+        )

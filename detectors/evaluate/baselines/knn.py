@@ -13,7 +13,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
-from detectors.evaluate.baselines.base import Baseline
+from detectors.evaluate.baselines.base import Baseline, check_width
 from detectors.evaluate.baselines.mahalanobis import penultimate_features
 from detectors.evaluate.baselines.registry import register
 
@@ -87,10 +87,6 @@ class KNN(Baseline):
     def score_images(self, model: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
         """float64 [N] in [0, 2]: distance to the k-th nearest clean feature."""
         feats = penultimate_features(model, images, batch_size)
-        if feats.shape[1] != self.bank_.shape[1]:
-            raise ValueError(
-                f"the model's penultimate features have {feats.shape[1]} dimensions, "
-                f"but this baseline was fitted on {self.bank_.shape[1]}"
-            )
+        check_width(feats, self.bank_.shape[1])
         dist, _ = self.index_.kneighbors(normalise(feats), n_neighbors=self.k_)
         return dist[:, -1].astype(np.float64)

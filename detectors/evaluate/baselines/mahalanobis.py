@@ -18,6 +18,7 @@ from detectors.evaluate.baselines.base import (
     Baseline,
     batches,
     check_number,
+    check_width,
     model_device,
 )
 from detectors.evaluate.baselines.last_linear import forward_with_head
@@ -85,9 +86,5 @@ class Mahalanobis(Baseline):
     def score_images(self, model: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
         """float64 [N] >= 0: distance to the closest class mean."""
         feats = penultimate_features(model, images, batch_size)
-        if feats.shape[1] != self.means_.shape[1]:
-            raise ValueError(
-                f"the model's penultimate features have {feats.shape[1]} dimensions, "
-                f"but this baseline was fitted on {self.means_.shape[1]}"
-            )
+        check_width(feats, self.means_.shape[1])
         return min_class_distance(feats, self.means_, self.whitener_)

@@ -15,7 +15,7 @@ from scipy.special import logsumexp
 from sklearn.exceptions import NotFittedError
 from torch import nn
 
-from detectors.evaluate.baselines.base import Baseline, batches, model_device
+from detectors.evaluate.baselines.base import Baseline, batches, check_width, model_device
 from detectors.evaluate.baselines.last_linear import forward_with_head, last_linear
 from detectors.evaluate.baselines.registry import register
 
@@ -106,10 +106,6 @@ class ViM(Baseline):
     def score_images(self, model: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
         """float64 [N]: virtual logit minus logsumexp of the real logits."""
         feats, logits = head_features(model, images, batch_size)
-        if feats.shape[1] != self.origin_.shape[0]:
-            raise ValueError(
-                f"the model's penultimate features have {feats.shape[1]} dimensions, "
-                f"but this baseline was fitted on {self.origin_.shape[0]}"
-            )
+        check_width(feats, self.origin_.shape[0])
         vlogit = self.alpha_ * np.linalg.norm((feats - self.origin_) @ self.residual_, axis=1)
         return vlogit - logsumexp(logits, axis=1)
