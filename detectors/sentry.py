@@ -55,7 +55,8 @@ class Sentry:
     def check_fits(self, x: torch.Tensor) -> Verdicts:
         """Score x [B, ...] once to prove the bundle fits the model beyond what its manifest
         shows: every statistic multiplies cleanly with the model's activations, the novelty
-        statistics cover every class the model has, and every feature and score is finite.
+        statistics cover every class the model has (or, with class ids, name only classes
+        it has), and every feature and score is finite.
         BundleMismatchError naming what does not fit; the verdicts otherwise."""
         where = f"bundle {self.bundle.path.name} does not fit this model"
         try:
@@ -65,10 +66,20 @@ class Sentry:
             raise BundleMismatchError(f"{where}: {type(exc).__name__}: {message}") from None
         novelty = self.extractor.novelty_stats_
         n_classes = verdicts.logits.shape[1]
-        if novelty is not None and novelty.means.shape[0] < n_classes:
+        # Statistics without class ids have row k for class k and must cover every class;
+        # statistics with ids (fitted on data that holds a few of many classes) must name
+        # only classes the model has.
+        if novelty is not None and novelty.classes is None and len(novelty.means) < n_classes:
             raise BundleMismatchError(
                 f"{where}: its novelty statistics cover {novelty.means.shape[0]} classes, the "
                 f"model has {n_classes}"
+            )
+        if novelty is not None and novelty.classes is not None and (
+            novelty.classes.max(initial=-1) >= n_classes or novelty.classes.min(initial=0) < 0
+        ):
+            raise BundleMismatchError(
+                f"{where}: its novelty statistics name classes up to "
+                f"{int(novelty.classes.max())}, the model has {n_classes}"
             )
         for name, values in (("features", verdicts.features), ("scores", verdicts.score)):
             if not np.isfinite(values).all():

@@ -50,6 +50,12 @@ def few_novelty_classes(m: Manifest) -> None:
     m["feature_spec"]["novelty"]["means"] = m["feature_spec"]["novelty"]["means"][:5]
 
 
+def novelty_class_beyond_the_model(m: Manifest) -> None:
+    """Novelty statistics with class ids, one of them a class the model does not have."""
+    novelty = m["feature_spec"]["novelty"]
+    novelty["classes"] = [*range(len(novelty["means"]) - 1), 12]
+
+
 def cut_novelty_width(m: Manifest) -> None:
     novelty = m["feature_spec"]["novelty"]
     novelty["means"] = [row[:3] for row in novelty["means"]]
@@ -94,6 +100,10 @@ BUNDLES: dict[str, tuple[Callable[[Manifest], None], str]] = {
     "huge whitener": (huge_whitener, "fitted statistics stay far below"),
     "NaN in means": (nan_means, "non-empty finite matrix"),
     "few novelty classes": (few_novelty_classes, "cover 5 classes, the model has 10"),
+    "novelty class beyond the model": (
+        novelty_class_beyond_the_model,
+        "novelty statistics name classes up to 12, the model has 10",
+    ),
     "cut novelty width": (cut_novelty_width, "novelty means"),
     "threshold 0": (threshold(0.0), "'threshold' must be a number in (0, 1)"),
     "threshold 1": (threshold(1.0), "'threshold' must be a number in (0, 1)"),
