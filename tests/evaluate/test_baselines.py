@@ -126,10 +126,10 @@ def test_detects_dim_noise(
 ) -> None:
     clean = fitted[name].score(digits_model, data["clean"])
     noise = fitted[name].score(digits_model, data["dim_noise"])
-    # ViM's residual space is fitted on 300 digits of a model trained for seconds, whose
-    # weights vary with the thread count: its AUROC here measured 0.87 on one thread and
-    # above 0.9 on two; every other baseline stays above 0.9.
-    assert detection_metrics(clean, noise).auroc > (0.8 if name == "vim" else 0.9)
+    # The digits model trains on a fixed thread count (tests/conftest.py), so these
+    # weights are the same in every run: every baseline scores ≥ 0.95 on them (ViM 0.952,
+    # the lowest), and 0.9 leaves room for other BLAS builds.
+    assert detection_metrics(clean, noise).auroc > 0.9
 
 
 @pytest.mark.parametrize("name", available())
