@@ -14,7 +14,7 @@ from detectors.evaluate.report import Report
 from detectors.evaluate.run import BASELINES, PRIMARY, EvalSet, evaluate
 from detectors.sentry import Sentry
 from detectors.setcache import SetCache
-from tests.pipeline.conftest import TARGET_FPR
+from tests.library.conftest import TARGET_FPR
 
 #: (name, spec as a user writes it, fitted on it?). Seen means the exact canonical spec,
 #: not the kind: FGSM at another eps is an unseen set.

@@ -14,7 +14,7 @@ from detectors.challenges import parse_spec
 from detectors.features import DEFAULT_LOSSES, FeatureExtractor
 from detectors.fitting import FitResult, fit_detector, write_bundle
 from detectors.setcache import SetCache
-from tests.pipeline.conftest import FIT_SPECS, STATS_SLICE, TARGET_FPR
+from tests.library.conftest import FIT_SPECS, STATS_SLICE, TARGET_FPR
 
 
 def test_fit_result_describes_the_fit(
