@@ -1,4 +1,5 @@
-"""Fixtures for the library tests (features, fitting, evaluation, Sentry): one detector fitted on the digits model, and its bundle.
+"""Fixtures for the library tests (features, fitting, evaluation, Sentry): one detector
+fitted on the digits model, and its bundle.
 
 Fit and test images are disjoint slices of the digits; the fit uses one fast challenge
 per kind so every later test sees a per-kind detector with all three heads.
