@@ -27,7 +27,7 @@ PROBE_RTOL = 1e-4
 SAME_RTOL = 1e-9
 
 
-def digits(n: int) -> np.ndarray:
+def demo_digits(n: int) -> np.ndarray:
     images = np.load(ARTIFACTS / "samples.npz")["images"].astype(np.float32) / 255.0
     return np.stack([images[i % len(images)] for i in range(n)])[:, None]
 
@@ -36,7 +36,7 @@ def digits(n: int) -> np.ndarray:
 @pytest.mark.parametrize("device", DEVICES)
 def test_probe_is_exact_on_the_device(device: str, batch: int) -> None:
     model = load_demo_model().to(device)
-    x = torch.from_numpy(digits(batch)).to(device)
+    x = torch.from_numpy(demo_digits(batch)).to(device)
     _, got = GradientProbe(model).features(x)
     want = reference_features(model, x, [n for n, _ in model.named_parameters()])
     assert got.device.type == torch.device(device).type
@@ -50,7 +50,7 @@ def test_an_answer_is_the_same_alone_or_batched_on_the_device(device: str) -> No
     config = load_config(environ={"GRADSENTRY_DEVICE": device, "GRADSENTRY_MODEL_WORKER": "inline"})
     pipeline = start_pipeline(config)  # one torch thread, as the server computes
     pipeline.calibrate()
-    inputs = list(digits(12)[:, None])  # twelve [1, 1, 28, 28] inputs
+    inputs = list(demo_digits(12)[:, None])  # twelve [1, 1, 28, 28] inputs
     batched = pipeline.run(inputs)
     for i in (0, 5, 11):
         (alone,) = pipeline.run([inputs[i]])

@@ -25,7 +25,7 @@ from detectors.setcache import SetCache
 
 
 @pytest.fixture(scope="module")
-def sentry(digits_model: nn.Module, bundle_dir: Path) -> Sentry:
+def digits_sentry(digits_model: nn.Module, bundle_dir: Path) -> Sentry:
     return Sentry.load(digits_model, bundle_dir)
 
 
@@ -38,9 +38,9 @@ def mixed(digits_model: nn.Module, test_split: tuple[np.ndarray, np.ndarray]) ->
 
 
 def test_check_matches_the_scikit_learn_detector(
-    sentry: Sentry, fitted: FitResult, mixed: torch.Tensor
+    digits_sentry: Sentry, fitted: FitResult, mixed: torch.Tensor
 ) -> None:
-    out = sentry.check(mixed)
+    out = digits_sentry.check(mixed)
     reference = fitted.extractor.extract(mixed)
     np.testing.assert_allclose(out.features, reference.features, rtol=1e-6)
     expected = fitted.detector.scores(reference.features)
@@ -48,15 +48,15 @@ def test_check_matches_the_scikit_learn_detector(
     assert out.kind_scores.keys() == expected.kind_scores.keys()
     for kind, values in expected.kind_scores.items():
         np.testing.assert_allclose(out.kind_scores[kind], values, atol=1e-5)
-    np.testing.assert_array_equal(out.flagged, out.score >= sentry.threshold)
-    assert sentry.threshold == pytest.approx(fitted.detector.threshold_)
+    np.testing.assert_array_equal(out.flagged, out.score >= digits_sentry.threshold)
+    assert digits_sentry.threshold == pytest.approx(fitted.detector.threshold_)
     # And the verdicts mean something: the FGSM half scores above the clean half.
     assert out.score[20:].mean() > out.score[:20].mean()
     assert np.mean(out.flagged[20:]) > 0.8
 
 
-def test_verdict_fields_are_consistent(sentry: Sentry, mixed: torch.Tensor) -> None:
-    out = sentry.check(mixed)
+def test_verdict_fields_are_consistent(digits_sentry: Sentry, mixed: torch.Tensor) -> None:
+    out = digits_sentry.check(mixed)
     n = len(mixed)
     assert out.logits.shape == (n, 10) and out.logits.dtype == np.float32
     assert out.probabilities.shape == (n, 10) and out.probabilities.dtype == np.float32
@@ -71,10 +71,12 @@ def test_verdict_fields_are_consistent(sentry: Sentry, mixed: torch.Tensor) -> N
     assert all(t >= 0 for t in out.timings.values())
 
 
-def test_a_sample_alone_equals_the_sample_in_a_batch(sentry: Sentry, mixed: torch.Tensor) -> None:
-    batch = sentry.check(mixed)
+def test_a_sample_alone_equals_the_sample_in_a_batch(
+    digits_sentry: Sentry, mixed: torch.Tensor
+) -> None:
+    batch = digits_sentry.check(mixed)
     for i in (0, 7, 25, 39):
-        alone = sentry.check(mixed[i : i + 1])
+        alone = digits_sentry.check(mixed[i : i + 1])
         # Equal up to float32 rounding in the probe (reductions run in another order).
         np.testing.assert_allclose(alone.features[0], batch.features[i], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(alone.score[0], batch.score[i], atol=1e-5)
@@ -82,7 +84,7 @@ def test_a_sample_alone_equals_the_sample_in_a_batch(sentry: Sentry, mixed: torc
             np.testing.assert_allclose(
                 alone.kind_scores[kind][0], batch.kind_scores[kind][i], atol=1e-5
             )
-        if abs(batch.score[i] - sentry.threshold) > 1e-5:
+        if abs(batch.score[i] - digits_sentry.threshold) > 1e-5:
             assert alone.flagged[0] == batch.flagged[i]
 
 

@@ -89,7 +89,7 @@ def test_stage_names_are_checked() -> None:
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[tuple[SentryServer, grpc.Channel]]:
+def live_server() -> Iterator[tuple[SentryServer, grpc.Channel]]:
     """A server of its own (exact counts need traffic no other test adds)."""
     with (
         demo_server(GRADSENTRY_QUEUE_SIZE="200") as (running, port),
@@ -99,9 +99,9 @@ def live() -> Iterator[tuple[SentryServer, grpc.Channel]]:
 
 
 @pytest.fixture(scope="module")
-def traffic(live, samples) -> tuple[Samples, list[pb.CheckResponse], str]:
+def traffic(live_server, samples) -> tuple[Samples, list[pb.CheckResponse], str]:
     """Known traffic, then one scrape: (samples, responses to scored inputs, raw text)."""
-    running, channel = live
+    running, channel = live_server
     stub = pb_grpc.ReliabilityStub(channel)
     images, _ = samples
     x = (images[:6].astype(np.float32) / 255.0)[:, None]
@@ -174,9 +174,9 @@ def test_verdicts_scores_and_stages_match_the_responses(traffic) -> None:
     assert value(samples, "gradsentry_queue_depth") == 0
 
 
-def test_model_info_matches_get_info(live, traffic) -> None:
+def test_model_info_matches_get_info(live_server, traffic) -> None:
     samples, _, _ = traffic
-    info = pb_grpc.ReliabilityStub(live[1]).GetInfo(pb.GetInfoRequest(), timeout=30)
+    info = pb_grpc.ReliabilityStub(live_server[1]).GetInfo(pb.GetInfoRequest(), timeout=30)
     (labels,) = [dict(ls) for (n, ls), v in samples.items() if n == "gradsentry_model_info"]
     assert value(samples, "gradsentry_model_info", **labels) == 1
     assert labels["model_fingerprint"] == info.model_fingerprint
@@ -185,7 +185,7 @@ def test_model_info_matches_get_info(live, traffic) -> None:
     assert labels["kinds"].split(",") == list(info.kinds)
     assert labels["strategy"] and labels["torch_version"] and labels["gradsentry_version"]
     assert value(samples, "gradsentry_detector_threshold") == pytest.approx(info.threshold)
-    assert value(samples, "gradsentry_queue_capacity") == live[0].servicer.batcher.queue_size
+    assert value(samples, "gradsentry_queue_capacity") == live_server[0].servicer.batcher.queue_size
     assert value(samples, "process_resident_memory_bytes") > 0
 
 
@@ -200,8 +200,8 @@ def test_promtool_accepts_the_live_endpoint(traffic) -> None:
     assert done.stdout.strip() == "" and done.stderr.strip() == "", done.stdout + done.stderr
 
 
-def test_an_open_stream_is_in_flight(live) -> None:
-    running, channel = live
+def test_an_open_stream_is_in_flight(live_server) -> None:
+    running, channel = live_server
     stub = pb_grpc.ReliabilityStub(channel)
     inbox: queue.Queue[pb.CheckRequest | None] = queue.Queue()
 

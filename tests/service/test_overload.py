@@ -43,7 +43,7 @@ class CountingPipeline(Pipeline):
         return super().run(inputs, pad)
 
 
-def digits(samples, n: int) -> list[np.ndarray]:
+def demo_digits(samples, n: int) -> list[np.ndarray]:
     """n demo digits as float32 arrays [1, 1, 28, 28] in [0, 1]."""
     x = samples[0][:n].astype(np.float32) / 255.0
     return [x[i][None, None] for i in range(n)]
@@ -63,7 +63,7 @@ def start(**settings: object) -> tuple[SentryServer, grpc.Channel]:
 def test_a_full_queue_refuses_at_once_and_stays_bounded(sentry, samples) -> None:
     pipeline = CountingPipeline(sentry)
     batcher = Batcher(pipeline, max_batch_size=1, max_delay_ms=0, queue_size=4)
-    inputs = digits(samples, 8)
+    inputs = demo_digits(samples, 8)
     try:
         pipeline.gate.clear()
         held = batcher.submit(inputs[0])  # taken by the worker, which waits at the gate
@@ -94,7 +94,7 @@ def test_a_full_queue_refuses_at_once_and_stays_bounded(sentry, samples) -> None
 def test_expired_inputs_are_not_computed(sentry, samples) -> None:
     pipeline = CountingPipeline(sentry)
     batcher = Batcher(pipeline, max_batch_size=8, max_delay_ms=1.0, queue_size=64)
-    inputs = digits(samples, 10)
+    inputs = demo_digits(samples, 10)
     try:
         pipeline.gate.clear()
         batcher.submit(inputs[0])
@@ -128,7 +128,7 @@ def tiny_queue() -> Iterator[tuple[SentryServer, grpc.Channel]]:
 def test_overload_answers_resource_exhausted_and_recovers(tiny_queue, samples) -> None:
     running, channel = tiny_queue
     stub = pb_grpc.ReliabilityStub(channel)
-    x = digits(samples, 1)[0]
+    x = demo_digits(samples, 1)[0]
     expected = stub.Check(request(x), timeout=WAIT)
     codes: list[grpc.StatusCode] = []
     for _ in range(10):  # a burst of 48 concurrent calls against 2 slots; repeat if lucky
@@ -158,7 +158,7 @@ def test_a_call_whose_deadline_passes_in_the_queue_is_not_computed(samples) -> N
     stub = pb_grpc.ReliabilityStub(channel)
     batcher = running.servicer.batcher
     try:
-        x = digits(samples, 1)[0]
+        x = demo_digits(samples, 1)[0]
         # Keep the worker busy for a while: 512 inputs scored one by one.
         backlog = stub.CheckBatch.future(
             pb.CheckBatchRequest(requests=[request(x)] * 512), timeout=WAIT
@@ -190,7 +190,7 @@ def test_the_grpc_backlog_is_bounded_too(samples) -> None:
     running, channel = start(max_batch_size=1, max_delay_ms=0, queue_size=2, max_workers=2)
     stub = pb_grpc.ReliabilityStub(channel)
     try:
-        x = digits(samples, 1)[0]
+        x = demo_digits(samples, 1)[0]
         codes: set[grpc.StatusCode] = set()
         for _ in range(10):
             calls = [stub.Check.future(request(x), timeout=WAIT) for _ in range(40)]

@@ -35,7 +35,7 @@ def config(**settings: object):
     )
 
 
-def digits(samples, n: int) -> list[np.ndarray]:
+def demo_digits(samples, n: int) -> list[np.ndarray]:
     """n demo digits as float32 arrays [1, 1, 28, 28] in [0, 1]."""
     x = samples[0][:n].astype(np.float32) / 255.0
     return [x[i][None, None] for i in range(n)]
@@ -83,7 +83,7 @@ def test_the_worker_process_answers_like_the_inline_pipeline(samples) -> None:
         assert remote.min_rows == inline.min_rows
         assert remote.spec == inline.spec and remote.manifest == inline.manifest
         assert remote.feature_names == inline.feature_names and remote.kinds == inline.kinds
-        x = digits(samples, 13)
+        x = demo_digits(samples, 13)
         for batch in ([x[0]], x[:5], x):
             for a, b in zip(inline.run(batch), remote.run(batch), strict=True):
                 assert (a.predicted_class, a.label, a.flagged, a.kind) == (
@@ -132,7 +132,7 @@ def test_a_killed_worker_is_replaced_and_the_server_keeps_serving(process_server
     health = health_pb2_grpc.HealthStub(channel)
     pipeline = running.servicer.pipeline
     assert isinstance(pipeline, BasePipeline) and isinstance(pipeline, ProcessPipeline)
-    x = digits(samples, 1)[0][0]
+    x = demo_digits(samples, 1)[0][0]
     request = pb.CheckRequest(
         tensor=pb.Tensor(dtype=pb.FLOAT32, shape=[1, 28, 28], data=x.astype("<f4").tobytes()),
         return_features=True,
@@ -180,7 +180,7 @@ def test_the_batcher_keeps_two_batches_with_the_worker(samples) -> None:
     try:
         pipeline.warm_up()
         assert pipeline.max_in_flight == 2
-        inputs = digits(samples, 24)
+        inputs = demo_digits(samples, 24)
         alone = [pipeline.run([x])[0] for x in inputs]
         batcher = Batcher(pipeline, max_batch_size=4, max_delay_ms=1, queue_size=64)
         try:
@@ -220,7 +220,7 @@ def test_the_server_process_runs_below_its_model_worker(tmp_path: Path, samples)
         lowered = [t for t in threads if os.getpriority(os.PRIO_PROCESS, t) == min(19, base + 5)]
         assert len(lowered) == len(threads) - 1
         os.kill(worker, signal.SIGKILL)
-        x = digits(samples, 1)[0][0]
+        x = demo_digits(samples, 1)[0][0]
         with grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.ReliabilityStub(channel)
             for _ in range(50):  # the first call may meet the dead worker: UNAVAILABLE
