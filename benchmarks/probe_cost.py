@@ -57,17 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.resnet import trained_like_resnet18
 from detectors import GradientProbe
 from detectors.losses import get_loss
-
-
-class LogitsOf(nn.Module):
-    """A Hugging Face image classifier as ``x -> logits``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=x).logits
+from detectors.models import LogitsOf
 
 
 def efficientnet_lite0() -> nn.Module:

@@ -12,7 +12,7 @@ from torch import nn
 
 from detectors.errors import ModelLoadError
 
-__all__ = ["ModelLoadError", "load_eager_model"]
+__all__ = ["LogitsOf", "ModelLoadError", "load_eager_model"]
 
 
 def load_eager_model(
@@ -69,3 +69,15 @@ def weights_problem(exc: BaseException) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+class LogitsOf(nn.Module):
+    """A Hugging Face image classifier (``model(pixel_values=x).logits``) as a plain
+    ``x [B, 3, H, W] -> logits [B, C]`` module, the form the probe and the loaders take."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits

@@ -14,49 +14,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
+from detectors.models import LogitsOf
 
-class LogitsOf(nn.Module):
-    """A Hugging Face image classifier as ``x [B, 3, H, W] -> logits [B, C]``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=x).logits
+# ViT and DeiT at test size: two blocks of width 32 on 32x32 inputs in 8x8 patches.
+SMALL_VIT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "image_size": 32,
+    "patch_size": 8,
+    "num_labels": 10,
+}
 
 
 def vit() -> nn.Module:
     from transformers import ViTConfig, ViTForImageClassification
 
-    config = ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        num_labels=10,
-    )
-    return LogitsOf(ViTForImageClassification(config))
+    return LogitsOf(ViTForImageClassification(ViTConfig(**SMALL_VIT)))
 
 
 def deit() -> nn.Module:
     from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
 
-    config = DeiTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        num_labels=10,
-    )
-    return LogitsOf(DeiTForImageClassificationWithTeacher(config))
+    return LogitsOf(DeiTForImageClassificationWithTeacher(DeiTConfig(**SMALL_VIT)))
 
 
 def convnext() -> nn.Module:
