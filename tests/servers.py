@@ -158,10 +158,9 @@ def write_config(directory: Path, **config: Any) -> Path:
     return path
 
 
-@contextmanager
-def serve_process(directory: Path, **config: Any) -> Iterator[ServerProcess]:
-    """``python -m service.cli serve --config FILE`` with ``config``, SERVING; killed on
-    exit if still running."""
+def spawn_serve(directory: Path, **config: Any) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start ``python -m service.cli serve --config FILE`` with ``config`` (not waiting for
+    anything); the process and the file its output goes to."""
     path = write_config(directory, **config)
     log_path = directory / "server.log"
     with log_path.open("wb") as log:
@@ -172,6 +171,13 @@ def serve_process(directory: Path, **config: Any) -> Iterator[ServerProcess]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    return proc, log_path
+
+
+@contextmanager
+def serve_process(directory: Path, **config: Any) -> Iterator[ServerProcess]:
+    """``spawn_serve``, SERVING; killed on exit if still running."""
+    proc, log_path = spawn_serve(directory, **config)
     try:
         deadline = time.monotonic() + WAIT
         while True:

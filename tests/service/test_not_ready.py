@@ -5,8 +5,6 @@ answers. The model is the demo's, slowed down at first (``slow_model``)."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
-from tests.servers import ROOT, WAIT, server_env, tensor_request, write_config
+from tests.servers import WAIT, spawn_serve, tensor_request
 
 LISTENING = re.compile(r"listening on \S+:(\d+); warming up")
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -24,18 +22,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def test_calls_before_ready_get_failed_precondition(tmp_path: Path) -> None:
-    config = write_config(
+    proc, log = spawn_serve(
         tmp_path, model_worker="inline", model_factory="tests.service.slow_model:build"
     )
-    log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--config", str(config)],
-            cwd=ROOT,
-            env=server_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     try:
         deadline = time.monotonic() + WAIT
         while not (found := LISTENING.search(log.read_text(errors="replace"))):
