@@ -11,14 +11,12 @@ pyproject.toml — never the test extras — and writes into OUT:
 
 Versions already installed in the running interpreter's environment are used as
 constraints, so the image gets what the test suite ran against (including the CPU build of
-torch). opencv-python is swapped for opencv-python-headless of the same version: the same
-``cv2`` module without the X11/OpenGL libraries a server image does not have. The torch
-wheel is slimmed for a server (``slim``): its C++ headers, test binaries and test libraries
-are dropped and its shared libraries stripped of symbols the dynamic linker does not use
-(``strip --strip-unneeded``, from binutils), ~0.24 GB less; its RECORD is rewritten so pip
-installs and checks it as usual. Wheels left
-from an earlier run that the new set does not need are removed, unchanged ones are left in
-place, so Docker's layer cache stays valid. Run it with the project's Python 3.11.
+torch). The torch wheel is slimmed for a server (``slim``): its C++ headers, test binaries
+and test libraries are dropped and its shared libraries stripped of symbols the dynamic
+linker does not use (``strip --strip-unneeded``, from binutils), ~0.24 GB less; its RECORD
+is rewritten so pip installs and checks it as usual. Wheels left from an earlier run that
+the new set does not need are removed, unchanged ones are left in place, so Docker's layer
+cache stays valid. Run it with the project's Python 3.11.
 """
 
 from __future__ import annotations
@@ -50,8 +48,6 @@ PLATFORMS = (
 PYTHON_VERSION = "3.11"
 # Needed to build the project's own wheel inside the image (pyproject's build-system).
 BUILD_REQUIREMENTS = ("setuptools>=68",)
-# Distribution -> drop-in replacement for a server image (same import name and version).
-SUBSTITUTES = {"opencv-python": "opencv-python-headless"}
 # Distribution -> paths inside its wheel that a server never loads (a regular expression
 # matched at the start of each path). torch/bin keeps torch_shm_manager, which import torch
 # checks for; the rest there are C++ test programs and protoc.
@@ -126,7 +122,7 @@ def wheels(directory: Path) -> dict[str, tuple[str, Path]]:
 
 
 def collect(requirements: list[str], constraints: list[str], dest: Path) -> None:
-    """The requirements' closure, substitutes swapped in, into the empty directory ``dest``."""
+    """The requirements' closure, torch slimmed, into the empty directory ``dest``."""
     inputs = dest / "inputs"
     inputs.mkdir()
     (inputs / "requirements.in").write_text("\n".join(requirements) + "\n", encoding="utf-8")
@@ -134,11 +130,8 @@ def collect(requirements: list[str], constraints: list[str], dest: Path) -> None
     pip_download(
         ["-r", str(inputs / "requirements.in"), "-c", str(inputs / "constraints.txt")], dest
     )
-    for name, (version, path) in wheels(dest).items():
-        if name in SUBSTITUTES:
-            pip_download(["--no-deps", f"{SUBSTITUTES[name]}=={version}"], dest)
-            path.unlink()
-        elif name in SLIM_DROP:
+    for name, (_, path) in wheels(dest).items():
+        if name in SLIM_DROP:
             slim(path, SLIM_DROP[name])
 
 
