@@ -9,8 +9,8 @@ demo's clean, adversarial, corrupted and OOD inputs spread over several scrapes.
 from __future__ import annotations
 
 import json
+import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -34,13 +34,6 @@ from tests.servers import demo_server
 WAIT = 60.0  # seconds: bound of every wait on Prometheus
 JOB = "gradsentry"  # the scrape job name the alert rules and the dashboard select
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(
@@ -121,34 +114,50 @@ def running_prometheus(config: dict[str, Any], root: Path) -> Iterator[Prometheu
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     check = promtool("check", "config", str(path))
     assert check.returncode == 0, check.stdout + check.stderr
-    port = free_port()
     log = root / "prometheus.log"
     with log.open("wb") as out:
+        # Port 0: Prometheus binds a free port itself and logs it; picking one here and
+        # handing it over would race with any other process binding in between.
         process = subprocess.Popen(
             [
                 binary,
                 f"--config.file={path}",
                 f"--storage.tsdb.path={root / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.listen-address=127.0.0.1:0",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    server = Prometheus(process, f"http://127.0.0.1:{port}", log)
+    server = Prometheus(process, "", log)
     try:
+        server.url = f"http://{wait_for('prometheus listening', lambda: _bound(server), log)}"
         yield server
     finally:  # never leave Prometheus running, whatever failed
         server.stop()
 
 
-def target_up(prometheus: Prometheus) -> bool | None:
-    """True once a scrape target is up (fails the test if Prometheus exited)."""
+def _fail_if_exited(prometheus: Prometheus) -> None:
     if prometheus.process.poll() is not None:
         pytest.fail(
             f"prometheus exited with {prometheus.process.returncode}:\n"
             + prometheus.log.read_text(errors="replace")[-3000:]
         )
+
+
+_LISTENING = re.compile(rb'msg="Listening on" address=(127\.0\.0\.1:[1-9][0-9]*)')
+
+
+def _bound(prometheus: Prometheus) -> str | None:
+    """host:port Prometheus logged once its listener was bound (fails if it exited)."""
+    _fail_if_exited(prometheus)
+    found = _LISTENING.search(prometheus.log.read_bytes())
+    return found.group(1).decode() if found else None
+
+
+def target_up(prometheus: Prometheus) -> bool | None:
+    """True once a scrape target is up (fails the test if Prometheus exited)."""
+    _fail_if_exited(prometheus)
     targets = prometheus.get("/api/v1/targets")["activeTargets"]
     return True if any(t["health"] == "up" for t in targets) else None
 

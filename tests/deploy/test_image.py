@@ -255,12 +255,45 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+BIND_TRIES = 3  # a port picked here can be taken before the container binds it; retry then
+
+
+def _run_on_free_ports(docker: Docker, name: str, image: str) -> int:
+    """Start the image (host network) on free gRPC and metrics ports; returns the gRPC port.
+
+    Host networking is the only network the private daemon has (no bridge), so the ports
+    cannot be 0 (the image's HEALTHCHECK reads GRADSENTRY_PORT). The server refuses a port
+    in use with one line and exit 2 (SO_REUSEPORT is off): a lost race shows as that exit,
+    and the start is retried on fresh ports."""
+    for _ in range(BIND_TRIES):
+        port, metrics_port = _free_port(), _free_port()
+        docker.run("rm", "-f", name, check=False)
+        docker.run(
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--env",
+            f"GRADSENTRY_PORT={port}",
+            "--env",
+            f"GRADSENTRY_METRICS_PORT={metrics_port}",
+            image,
+        )
+        state = _wait_healthy(docker, name, lost_race_ok=True)
+        if state is not None:
+            return port
+    pytest.fail(f"no free port pair bound in {BIND_TRIES} tries")
+
+
 def _inspect(docker: Docker, name: str) -> dict[str, Any]:
     return json.loads(docker.run("inspect", name).stdout)[0]
 
 
-def _wait_healthy(docker: Docker, name: str) -> dict[str, Any]:
-    """The container's state once Docker's HEALTHCHECK reports healthy (fails otherwise)."""
+def _wait_healthy(docker: Docker, name: str, lost_race_ok: bool = False) -> dict[str, Any] | None:
+    """The container's state once Docker's HEALTHCHECK reports healthy (fails otherwise).
+    With ``lost_race_ok``, None when the server exited 2 because a port was taken."""
     deadline = time.monotonic() + HEALTHY_S
     while True:
         state = _inspect(docker, name)["State"]
@@ -268,6 +301,10 @@ def _wait_healthy(docker: Docker, name: str) -> dict[str, Any]:
         status = health.get("Status")
         if status == "healthy":
             return state
+        if lost_race_ok and not state["Running"] and state["ExitCode"] == 2:
+            logs = docker.run("logs", name, check=False).stderr
+            if "cannot listen on" in logs or "cannot serve metrics on" in logs:
+                return None
         if not state["Running"] or status == "unhealthy" or time.monotonic() > deadline:
             logs = docker.run("logs", "--tail", "40", name, check=False)
             pytest.fail(
@@ -294,25 +331,10 @@ def test_container_turns_healthy_serves_checks_and_drains_on_sigterm(
     docker: Docker, image: str
 ) -> None:
     """Start → healthy (Docker and gRPC health) → real Check calls → non-root → SIGTERM."""
-    port, metrics_port = _free_port(), _free_port()
     name = f"gradsentry-image-test-{os.getpid()}"
-    docker.run("rm", "-f", name, check=False)
-    docker.run(
-        "run",
-        "--detach",
-        "--name",
-        name,
-        "--network",
-        "host",
-        "--env",
-        f"GRADSENTRY_PORT={port}",
-        "--env",
-        f"GRADSENTRY_METRICS_PORT={metrics_port}",
-        image,
-    )
     try:
         started = time.monotonic()
-        _wait_healthy(docker, name)
+        port = _run_on_free_ports(docker, name, image)
         print(f"container healthy after {time.monotonic() - started:.0f} s")
 
         target = f"127.0.0.1:{port}"
@@ -373,8 +395,7 @@ def test_image_carries_the_serving_install_only(docker: Docker, image: str) -> N
     check = docker.run("run", "--rm", "--entrypoint", "pip", image, "check", check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     code = (
-        "import importlib.util as u; "
-        f"print(' '.join(m for m in {LAB_MODULES!r} if u.find_spec(m)))"
+        f"import importlib.util as u; print(' '.join(m for m in {LAB_MODULES!r} if u.find_spec(m)))"
     )
     found = docker.run("run", "--rm", "--entrypoint", "python", image, "-c", code).stdout
     assert found.strip() == "", found
