@@ -1,12 +1,12 @@
 """Graceful drain of a real ``gradsentry serve`` process, counted at the client.
 
 SIGTERM lands while 100 unary calls, a CheckBatch of 8 and 16 streams (4 messages each) are
-in flight: queued
-in the server's batcher, or still on their way in (received by gRPC, not yet handed to a
-handler, when SIGTERM comes early). No call may end CANCELLED: every call the server had
-taken in gets its full answer, the others get UNAVAILABLE, calls made after health turned
-NOT_SERVING get UNAVAILABLE, and the process exits 0 within its grace period. Three rounds,
-each with its own process and SIGTERM at another moment.
+in flight: queued in the server's batcher, computing in the model worker, or still on their
+way in (received by gRPC, not yet handed to a handler, when SIGTERM comes early). No call
+may end CANCELLED: every call the server had taken in gets its full answer, the others get
+UNAVAILABLE, calls made after health turned NOT_SERVING get UNAVAILABLE, and the process
+exits 0 within its grace period. Four rounds, each with its own process and SIGTERM at
+another moment.
 """
 
 from __future__ import annotations
@@ -40,9 +40,11 @@ HOLDING = {
     "queue_size": 512,
     "grace_seconds": GRACE,
 }
-# When SIGTERM is sent: once every input is queued; once the first is; at once, while the
-# calls are still arriving (some received by gRPC and not yet handed to a handler).
-MOMENTS = ("all_queued", "first_queued", "at_once")
+# When SIGTERM is sent: once every input is queued; once the batch has left the queue for
+# the model worker and is computing there (no answer back yet); once the first input is
+# queued; at once, while the calls are still arriving (some received by gRPC and not yet
+# handed to a handler).
+MOMENTS = ("all_queued", "computing", "first_queued", "at_once")
 
 
 def stream_outcome(stub: pb_grpc.ReliabilityStub, requests: list[pb.CheckRequest]):
@@ -62,6 +64,14 @@ def wait_queued(server: ServerProcess, count: int) -> None:
     while server.metric("gradsentry_queue_depth") < count:
         assert time.monotonic() < deadline, "the calls never reached the queue"
         time.sleep(0.02)
+
+
+def wait_dispatched(server: ServerProcess) -> None:
+    """Until the queue is empty again: the batcher has handed its batch to the worker."""
+    deadline = time.monotonic() + WAIT
+    while server.metric("gradsentry_queue_depth") > 0:
+        assert time.monotonic() < deadline, "the batch never left the queue"
+        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("moment", MOMENTS)
@@ -96,13 +106,16 @@ def test_sigterm_answers_every_accepted_call_and_cancels_none(
             )
             for s in range(STREAMS)
         ]
-        if moment == "all_queued":
+        if moment in ("all_queued", "computing"):
             wait_queued(server, total + BATCH)
+        if moment == "computing":
+            wait_dispatched(server)
         elif moment == "first_queued":
             wait_queued(server, 1)
         queued = server.metric("gradsentry_queue_depth")  # taken in before SIGTERM
         sigterm = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
+        back = sum(call.done() for call in unary)  # answers the client had at SIGTERM
 
         # Health turns NOT_SERVING (pushed to the watcher); then new calls are refused.
         assert next(watch).status == NOT_SERVING
@@ -131,8 +144,10 @@ def test_sigterm_answers_every_accepted_call_and_cancels_none(
         for responses, code in outcomes:  # a stream is cut only by the drain, never mid-way
             assert code == grpc.StatusCode.UNAVAILABLE or len(responses) == PER_STREAM
         assert answered >= queued  # every input taken in before SIGTERM was answered
-        if moment == "all_queued":
+        if moment in ("all_queued", "computing"):
             assert answered == total + BATCH
+        if moment == "computing":  # SIGTERM landed while the one batch was computing
+            assert back == 0, f"{back} answers were back before SIGTERM: it came too late"
         assert {call.code() for call in late} == {grpc.StatusCode.UNAVAILABLE}
         assert late_stream == ([], grpc.StatusCode.UNAVAILABLE)
         # The drain ends the health watch too (it would otherwise hold the stop).
