@@ -44,7 +44,10 @@ _IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|( *)(\S+)$")
 
 
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_S, **kwargs)
+    """``cmd`` without the test process's PYTHON* variables: a PYTHONPATH naming a source
+    tree would make the fresh venv's pip see gradsentry as installed already and skip it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_S, env=env, **kwargs)
     assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
@@ -96,6 +99,7 @@ def serving_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (wheel,) = (work / "dist").glob("gradsentry-*.whl")
     run([*pip, "install", "--quiet", "--no-index", "--no-deps", str(wheel)])
+    assert (venv / "bin" / "gradsentry").is_file(), "the wheel installed no console script"
     return venv
 
 
