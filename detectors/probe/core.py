@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from detectors.losses import get_loss
+from detectors.precision import HALF_DTYPES, model_dtype, upcast, upcast_all
 from detectors.probe import rules as _rules  # noqa: F401  (registers every rule)
 from detectors.probe.ops import OpTracker
 from detectors.probe.registry import ProbeError, rule_for
@@ -185,6 +186,9 @@ class GradientProbe:
         batch = x.shape[0]
         current["batch"] = batch
         x_in = x.detach()
+        dtype = model_dtype(self.model)
+        if dtype in HALF_DTYPES and x_in.dtype != dtype:  # a float16/bfloat16 model
+            x_in = x_in.to(dtype)
         tracker = None
         if self._op_params:
             tracker = OpTracker(
@@ -225,14 +229,18 @@ class GradientProbe:
                     current["last"] = k == len(loss_fns) - 1
                     # A probed layer the logits do not depend on keeps zero norms: its
                     # gradient is zero, and so may the anchor's path be unused.
-                    torch.autograd.grad(
-                        fn(logits).sum(),
-                        anchor,
-                        retain_graph=k < len(loss_fns) - 1,
-                        allow_unused=True,
-                    )
+                    # The loss in float32 whatever the model's dtype (log_softmax of bf16
+                    # logits keeps 8 bits); autocast off, so that the rules sum in the
+                    # float32 they are handed (a user's autocast region may be around us).
+                    with torch.autocast(x.device.type, enabled=False):
+                        torch.autograd.grad(
+                            fn(upcast(logits)).sum(),
+                            anchor,
+                            retain_graph=k < len(loss_fns) - 1,
+                            allow_unused=True,
+                        )
                     for column, per_sample in grads.items():  # op-level parameters
-                        norms[column] = sq_norm(per_sample)
+                        norms[column] = sq_norm(upcast(per_sample))
                     grads.clear()
                     if norms:  # one write of all columns, not one per parameter
                         columns = list(norms)
@@ -308,7 +316,9 @@ class GradientProbe:
                     f"the input of module {unit.name!r} was modified in place after it ran; "
                     "its recorded activations are no longer valid"
                 )
-            norms = rule_for(unit.module)(unit.module, args, grad_output)
+            # Rules sum in float32 at least: the squares of fp16 values overflow at 65,504
+            # and bf16 keeps 8 mantissa bits (detectors.precision).
+            norms = rule_for(unit.module)(unit.module, upcast_all(args), upcast(grad_output))
             out = current["norms"]
             for local, column in unit.columns.items():
                 out[column] = norms[local].detach()
