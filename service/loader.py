@@ -82,7 +82,9 @@ def load_model(config: ServerConfig, device: torch.device) -> LoadedModel:
 
 def build_pipeline(config: ServerConfig) -> Pipeline:
     """Model + verified bundle -> Pipeline (not yet warmed up)."""
-    device = resolve_device(config.device)
+    device = resolve_device(config.device)  # counts devices; starts neither cuBLAS nor cuDNN
+    if device.type == "cuda":  # global torch flags: the CPU path leaves them as they are
+        numerics.apply_cuda_numerics(config.cuda_numerics)
     loaded = load_model(config, device)
     if loaded.spec is None:  # loaders return the spec they were given; guard the contract
         raise ModelLoadError(f"{loaded.source}: the loader returned no input spec")
