@@ -21,7 +21,6 @@ runs (``detectors.probe.ops``): each op where one meets the batch is hooked like
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from detectors.probe import rules as _rules  # noqa: F401  (registers every rule
 from detectors.probe.ops import OpTracker
 from detectors.probe.registry import ProbeError, rule_for
 from detectors.probe.rules._outer import sq_norm
+from detectors.timing import timer_for
 
 
 @dataclass
@@ -55,7 +55,8 @@ class ProbeOutput:
 
     logits: [B, C]; features: loss name -> [B, L]; captured: module name -> its first
     input [B, ...] (e.g. the penultimate activations feeding the last Linear); timings:
-    seconds spent in the forward pass and in the backward passes with their norms.
+    seconds spent in the forward pass and in the backward passes with their norms, by the
+    device's clock (CUDA events on a GPU, synchronised once per call; ``detectors.timing``).
     """
 
     logits: Tensor
@@ -186,6 +187,7 @@ class GradientProbe:
         batch = x.shape[0]
         current["batch"] = batch
         x_in = x.detach()
+        timer = timer_for(x.device)  # CUDA events on a GPU, the host clock on the CPU
         dtype = model_dtype(self.model)
         if dtype in HALF_DTYPES and x_in.dtype != dtype:  # a float16/bfloat16 model
             x_in = x_in.to(dtype)
@@ -207,13 +209,13 @@ class GradientProbe:
         try:
             with torch.enable_grad():
                 self._hooks_active = True
-                t0 = time.perf_counter()
+                timer.mark()
                 if tracker is None:
                     logits = self.model(x_in)
                 else:
                     with tracker:
                         logits = self.model(x_in)
-                t1 = time.perf_counter()
+                timer.mark()
                 self._hooks_active = False
                 if (
                     not isinstance(logits, Tensor)
@@ -247,7 +249,7 @@ class GradientProbe:
                         feats[name][:, columns] = torch.stack(
                             [norms[c].to(torch.float32) for c in columns], 1
                         )
-                t2 = time.perf_counter()
+                timer.mark()
         finally:
             self._hooks_active = False
             for h in handles:
@@ -261,7 +263,8 @@ class GradientProbe:
             # through C++ that Python's collector cannot see. Break it, or every call's
             # graph (activations and all) would stay in memory.
             current.clear()
-        timings = {"forward": t1 - t0, "backward": t2 - t1}
+        forward, backward = timer.intervals()  # a GPU's one synchronisation per batch
+        timings = {"forward": forward, "backward": backward}
         return ProbeOutput(logits.detach(), feats, captured, timings)
 
     # -- hooks ---------------------------------------------------------------------------
