@@ -266,8 +266,11 @@ class Pipeline(BasePipeline):
     def _check(self, batch: np.ndarray) -> Verdicts:
         import torch  # loaded already: the Sentry holds a torch model
 
+        from service.faults import check_in_pieces
+
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        return self.sentry.check(x)
+        # Out of device memory: in halves, down to single inputs (service.faults).
+        return check_in_pieces(self.sentry.check, x)
 
 
 def padded_batch(inputs: Sequence[np.ndarray], min_rows: int) -> np.ndarray:
