@@ -262,13 +262,15 @@ class Pipeline(BasePipeline):
         super().__init__(spec, device, max_batch_size)
         self.sentry = sentry
         self.manifest = sentry.bundle.manifest
+        self._staging: Any = None  # service.staging.Staging, made at the first batch
 
     def _check(self, batch: np.ndarray) -> Verdicts:
-        import torch  # loaded already: the Sentry holds a torch model
-
         from service.faults import check_in_pieces
+        from service.staging import Staging
 
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        if self._staging is None:  # a pinned buffer on a GPU, no copy on the CPU
+            self._staging = Staging(self.device, self.max_batch_size)
+        x = self._staging.to_device(batch)
         # Out of device memory: in halves, down to single inputs (service.faults).
         return check_in_pieces(self.sentry.check, x)
 

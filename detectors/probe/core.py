@@ -140,6 +140,8 @@ class GradientProbe:
         self._units = list(units.values())
         self._model_param_ids = {id(p) for p in model.parameters()}
         self._hooks_active = False
+        # Device-resident column indices for ``_write_columns``: (device, columns) -> [k]
+        self._column_index: dict[tuple[torch.device, tuple[int, ...]], Tensor] = {}
 
     @staticmethod
     def _check_untied(model: nn.Module, names: list[str]) -> None:
@@ -245,10 +247,7 @@ class GradientProbe:
                         norms[column] = sq_norm(upcast(per_sample))
                     grads.clear()
                     if norms:  # one write of all columns, not one per parameter
-                        columns = list(norms)
-                        feats[name][:, columns] = torch.stack(
-                            [norms[c].to(torch.float32) for c in columns], 1
-                        )
+                        self._write_columns(feats[name], norms)
                 timer.mark()
         finally:
             self._hooks_active = False
@@ -266,6 +265,21 @@ class GradientProbe:
         forward, backward = timer.intervals()  # a GPU's one synchronisation per batch
         timings = {"forward": forward, "backward": backward}
         return ProbeOutput(logits.detach(), feats, captured, timings)
+
+    def _write_columns(self, out: Tensor, norms: dict[int, Tensor]) -> None:
+        """out[:, c] = norms[c] for every column c, in one op and with no host-to-device
+        upload per call: all columns in order (the usual case) is one stack; otherwise the
+        column index lives on the device, made once per device and set of columns."""
+        columns = sorted(norms)
+        stacked = torch.stack([norms[c].to(torch.float32) for c in columns], 1)
+        if len(columns) == out.shape[1]:
+            out.copy_(stacked)
+            return
+        key = (out.device, tuple(columns))
+        index = self._column_index.get(key)
+        if index is None:
+            index = self._column_index[key] = torch.tensor(columns, device=out.device)
+        out.index_copy_(1, index, stacked)
 
     # -- hooks ---------------------------------------------------------------------------
 
