@@ -373,8 +373,8 @@ def test_gpu_switch_alone_selects_cuda(tmp_path: Path) -> None:
 
 
 def test_gpu_switch_alone_fits_a_cuda_worker() -> None:
-    """gpu.enabled alone raises the host memory past the CPU default (a CUDA torch holds
-    ~3 GiB before its first batch) and gives CUDA's JIT cache a writable volume."""
+    """gpu.enabled alone raises the host memory past the CPU default (a CUDA torch loads
+    several GB of CUDA libraries) and gives CUDA's JIT cache a writable volume."""
     release = render({"gpu": {"enabled": True}})
     resources = release.container()["resources"]
     assert resources["limits"]["memory"] == "8Gi" and resources["requests"]["memory"] == "4Gi"
