@@ -58,11 +58,14 @@ def cast_model(model: nn.Module, name: str) -> nn.Module:
 
 
 def fitted_on(model: nn.Module) -> dict[str, str]:
-    """Where the model computes: ``{"device": "cpu" | "cuda" | …, "dtype": "float32" | …}`` (the
-    bundle manifest's ``fitted_on``)."""
+    """Where the model computes: ``{"device": "cpu" | "cuda" | …, "dtype": "float32" | …}``,
+    with ``"device_name"`` (the GPU's) on CUDA: the bundle manifest's ``fitted_on``."""
     param = next((t for t in model.parameters()), None)
     device = "cpu" if param is None else param.device.type
-    return {"device": device, "dtype": dtype_name(model_dtype(model))}
+    out = {"device": device, "dtype": dtype_name(model_dtype(model))}
+    if param is not None and device == "cuda":  # which GPU: kernels differ between models
+        out["device_name"] = torch.cuda.get_device_name(param.device)
+    return out
 
 
 #: What a bundle without ``fitted_on`` was fitted at (every bundle before the field).

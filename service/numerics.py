@@ -129,6 +129,14 @@ def serve_at(
         cast_model(model, dtype)
         return None
     ref_device = torch.device(fitted["device"]) if _have(fitted["device"]) else device
+    if ref_device.type != fitted["device"]:
+        log.warning(
+            "bundle %s was fitted on %s, which this machine does not have: the difference "
+            "below is measured at its dtype on %s and leaves the device's own out",
+            sentry.bundle.path.name,
+            fitted["device"],
+            ref_device.type,
+        )
     model.to(device=ref_device, dtype=torch_dtype(fitted["dtype"]))
     before = sentry.check(x.to(ref_device))
     model.to(device=device, dtype=torch_dtype(dtype))

@@ -54,3 +54,29 @@ def test_a_half_precision_server_starts_and_answers(tmp_path: Path, dtype: str) 
 def test_an_unknown_model_dtype_is_refused() -> None:
     with pytest.raises(ConfigError, match="model_dtype: must be one of"):
         load_config(environ={"GRADSENTRY_MODEL_DTYPE": "float8"})
+
+
+def test_a_bundle_fitted_on_a_gpu_warns_on_the_cpu(tmp_path: Path, caplog) -> None:
+    import json
+    import logging
+    import shutil
+
+    import torch
+
+    from service import numerics
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ARTIFACTS / "bundle", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["fitted_on"] = {"device": "cuda", "dtype": "float32", "device_name": "a GPU"}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    model = load_demo_model()
+    sentry = Sentry.load(model, bundle)
+    with caplog.at_level(logging.WARNING, logger="service.numerics"):
+        diff = numerics.serve_at(
+            sentry, model, torch.device("cpu"), "float32", torch.from_numpy(_digits(4))
+        )
+    assert diff is not None and diff.fitted == {"device": "cuda", "dtype": "float32"}
+    assert diff.feature_rel == 0.0 and diff.flips == 0  # the same computation, here
+    assert "fitted on cuda, which this machine does not have" in caplog.text
+    assert "served in float32 on cpu" in caplog.text
