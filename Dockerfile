@@ -6,7 +6,12 @@
 #   - the runtime dependencies come as wheels from build/wheelhouse
 #     (deploy/docker/wheelhouse.py: `pip download` of pyproject's dependencies, CPU torch).
 # VARIANT=cuda installs torch from PyTorch's CUDA index (TORCH_CUDA_INDEX) and
-# onnxruntime-gpu from PyPI instead, so that build needs network access to both.
+# onnxruntime-gpu from PyPI instead, so that build needs network access to both. Their CUDA
+# major versions must agree (CUDA_MAJOR): PyPI's onnxruntime-gpu is built for CUDA 12 and
+# cuDNN 9, so the torch index is a cu12x one (cu128 by default; cu130 would be CUDA 13 and is
+# refused before anything is installed). After the install deploy/docker/check_cuda.py
+# checks, without a GPU, that torch is that CUDA build and that torch's cuDNN and
+# onnxruntime's CUDA provider library load.
 # No BuildKit-only syntax: the classic builder (Debian's docker.io 20.10) builds it too.
 
 ARG BASE_IMAGE=gradsentry-base:bookworm
@@ -17,9 +22,11 @@ ARG VARIANT=cpu
 FROM ${BASE_IMAGE} AS deps
 ARG VARIANT
 ARG TORCH_CUDA_INDEX=https://download.pytorch.org/whl/cu128
+ARG CUDA_MAJOR=12
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 RUN python3.11 -m venv /opt/gradsentry
 COPY build/wheelhouse/ /wheels/
+COPY deploy/docker/check_cuda.py /opt/check_cuda.py
 # requirements.txt is the complete resolved serving set (pyproject's dependencies: no lab,
 # no test tools), hence --no-deps. The torch wheel there is already slimmed for a server
 # (deploy/docker/wheelhouse.py: no C++ headers or test binaries, stripped libraries); the
@@ -30,12 +37,14 @@ RUN set -eu; \
       cpu) \
         "$pip" install --no-index --no-deps --find-links /wheels -r /wheels/requirements.txt ;; \
       cuda) \
+        python3.11 /opt/check_cuda.py "$CUDA_MAJOR" "$TORCH_CUDA_INDEX" --index-only; \
         torch="$(sed -n 's/^torch==\([^+]*\).*/\1/p' /wheels/requirements.txt)"; \
         ort="$(sed -n 's/^onnxruntime==//p' /wheels/requirements.txt)"; \
         grep -v -E '^(torch|onnxruntime)==' /wheels/requirements.txt >/tmp/rest.txt; \
         "$pip" install --index-url "$TORCH_CUDA_INDEX" "torch==$torch"; \
         "$pip" install "onnxruntime-gpu==$ort"; \
-        "$pip" install --no-index --no-deps --find-links /wheels -r /tmp/rest.txt ;; \
+        "$pip" install --no-index --no-deps --find-links /wheels -r /tmp/rest.txt; \
+        /opt/gradsentry/bin/python /opt/check_cuda.py "$CUDA_MAJOR" "$TORCH_CUDA_INDEX" ;; \
       *) \
         echo "VARIANT must be cpu or cuda, got '$VARIANT'" >&2; exit 2 ;; \
     esac; \
@@ -56,8 +65,15 @@ RUN /opt/gradsentry/bin/pip wheel --no-deps --no-index --no-build-isolation --wh
 # ---- runtime: the base, the environment, the project; nothing else.
 FROM ${BASE_IMAGE} AS runtime-cpu
 FROM ${BASE_IMAGE} AS runtime-cuda
-# The NVIDIA container runtime injects the driver only into images that ask for it.
-ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# Which GPUs a container sees is the runtime's to say (`docker run --gpus`, Kubernetes'
+# device plugin set NVIDIA_VISIBLE_DEVICES per container), so it is not baked in here; the
+# image only names the driver capabilities it needs. cuBLAS is deterministic only with a
+# fixed workspace, read when CUDA starts (service.numerics sets it too, for other
+# launchers). The CUDA JIT cache goes to /tmp, writable under a read-only root (the Helm
+# chart mounts a volume there for it).
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    CUBLAS_WORKSPACE_CONFIG=:4096:8 \
+    CUDA_CACHE_PATH=/tmp/cuda-cache
 
 FROM runtime-${VARIANT} AS runtime
 ARG VARIANT

@@ -10,18 +10,23 @@ the run goes on, so one problem does not lose the rest of the report.
 
 Sections of the report:
 
-- ``environment``: torch / CUDA / cuDNN versions and flags (TF32, deterministic),
-  onnxruntime's providers, the device's name.
+- ``environment``: torch / CUDA / cuDNN versions, the CUDA numerics flags the server
+  sets (``--cuda-numerics``, default deterministic: TF32 off, deterministic algorithms;
+  ``service.numerics``), onnxruntime's providers, the device's name.
 - ``placement``: where the model's parameters live, which provider scores H, the device
   the pipeline reports, and the GPU memory this process holds after loading.
 - ``device_vs_cpu``: the demo's test digits scored by the same model and bundle on the CPU
   and on the device: largest relative feature difference, largest score difference, and
   how many verdicts flip.
 - ``batched_vs_alone``: on the device, each digit alone against inside one batch.
+- ``precision``: the demo served in float16 and bfloat16 (``model_dtype``) against float32
+  on the device: largest column-relative and median relative feature difference, score
+  difference, verdict and prediction flips, and the probe's time against float32.
 - ``probe_cost``: ``probe.features`` against one forward and one forward + backward, at
   batch 1, 16 and 64, on EfficientNet-Lite0 at 224² when its package is installed, else
   the demo CNN (quick: the demo CNN at batch 1 and 4); with the number of device kernels
-  and host syncs per call (torch.profiler; on the CPU, aten ops stand in for kernels).
+  and host syncs per call (torch.profiler; on the CPU, aten ops stand in for kernels), and
+  the probe's own stage timings (CUDA events on a GPU).
 - ``sidecar``: requests/s of a real ``gradsentry serve`` on the device with batching on and
   off (benchmarks/load.py's clients).
 """
@@ -47,8 +52,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from detectors.demo import ARTIFACTS, load_demo_model  # noqa: E402
+from detectors.precision import cast_model  # noqa: E402
 from detectors.probe import GradientProbe  # noqa: E402
 from detectors.sentry import Sentry  # noqa: E402
+from service.numerics import apply_cuda_numerics, cuda_numerics_state  # noqa: E402
 
 SYNC_CALLS = (
     "cudaDeviceSynchronize",
@@ -85,10 +92,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "onnxruntime": ort.__version__,
         "onnxruntime_providers": ort.get_available_providers(),
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-        "cudnn_deterministic": torch.backends.cudnn.deterministic,
-        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "numerics": cuda_numerics_state(),
         "device": str(device),
     }
     if device.type == "cuda":
@@ -103,8 +107,12 @@ def demo_digits(n: int) -> np.ndarray:
     return np.stack([images[i % len(images)] for i in range(n)])[:, None]
 
 
-def sentry_on(device: torch.device) -> Sentry:
-    return Sentry.load(load_demo_model().to(device), ARTIFACTS / "bundle", device="cpu")
+def sentry_on(device: torch.device, dtype: str = "float32") -> Sentry:
+    """The demo Sentry on ``device``, its model cast to ``dtype`` after the bundle check."""
+    model = load_demo_model().to(device)
+    sentry = Sentry.load(model, ARTIFACTS / "bundle", device="cpu")
+    cast_model(model, dtype)
+    return sentry
 
 
 def placement(device: torch.device) -> dict[str, Any]:
@@ -155,6 +163,32 @@ def batched_vs_alone(device: torch.device, n: int) -> dict[str, Any]:
         features=np.concatenate([v.features for v in alone]),
     )
     return _compare(batched, stacked)
+
+
+def precision(device: torch.device, n: int, repeats: int) -> dict[str, Any]:
+    x = torch.from_numpy(demo_digits(n)).to(device)
+    ref_sentry = sentry_on(device)
+    ref = ref_sentry.check(x)
+    ref_time = _timed(lambda: ref_sentry.extractor.probe.features(x), device, repeats)
+    out: dict[str, Any] = {"inputs": n}
+    for dtype in ("float16", "bfloat16"):
+        sentry = sentry_on(device, dtype)
+        got = sentry.check(x)
+        err = np.abs(got.features - ref.features)
+        seconds = _timed(lambda s=sentry: s.extractor.probe.features(x), device, repeats)
+        out[dtype] = {
+            "max_column_relative_feature_difference": float(
+                (err / np.maximum(np.abs(ref.features).max(0, keepdims=True), 1e-300)).max()
+            ),
+            "median_relative_feature_difference": float(
+                np.median(err / np.maximum(np.abs(ref.features), 1e-30))
+            ),
+            "max_score_difference": float(np.max(np.abs(got.score - ref.score))),
+            "verdict_flips": int(np.sum(got.flagged != ref.flagged)),
+            "prediction_flips": int(np.sum(got.predicted != ref.predicted)),
+            "probe_time_over_float32": seconds / ref_time,
+        }
+    return out
 
 
 def probe_model(quick: bool) -> tuple[str, torch.nn.Module, tuple[int, ...]]:
@@ -222,7 +256,9 @@ def probe_cost(device: torch.device, quick: bool) -> dict[str, Any]:
             return probe.features(x)
 
         f, fb, p = (_timed(fn, device, repeats) for fn in (forward, forward_backward, features))
+        stages = probe.run(x).timings  # the probe's own clock: CUDA events on a GPU
         out[f"batch_{b}"] = {
+            "probe_stage_s": stages,
             "forward_s": f,
             "forward_backward_s": fb,
             "probe_s": p,
@@ -259,17 +295,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
     p.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="the JSON report")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    p.add_argument(
+        "--cuda-numerics",
+        choices=("deterministic", "fast"),
+        default="deterministic",
+        help="CUDA numerics, as the server's cuda_numerics setting (default deterministic)",
+    )
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"gpu_check: error: {args.device} asked but CUDA is not available", file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    if device.type == "cuda":  # as the server does, before the first CUDA kernel
+        apply_cuda_numerics(args.cuda_numerics)
     n = 16 if args.quick else 512
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     section(report, "environment", lambda: environment(device))
     section(report, "placement", lambda: placement(device))
     section(report, "device_vs_cpu", lambda: device_vs_cpu(device, n))
     section(report, "batched_vs_alone", lambda: batched_vs_alone(device, min(n, 64)))
+    section(report, "precision", lambda: precision(device, min(n, 64), 2 if args.quick else 10))
     section(report, "probe_cost", lambda: probe_cost(device, args.quick))
     section(report, "sidecar", lambda: sidecar(device, 2.0 if args.quick else 15.0))
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")

@@ -152,6 +152,7 @@ def save_bundle(
     fit_summary: Mapping[str, Any],
     metrics: Mapping[str, Any],
     overwrite: bool = False,
+    fitted_on: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``detector`` as a bundle directory at ``path`` and return that path.
 
@@ -163,6 +164,9 @@ def save_bundle(
         fit_summary, metrics: JSON objects (numpy scalars/arrays are converted; NaN refused).
         overwrite: replace an existing bundle at ``path``; the old one stays in place until
             the new one is complete.
+        fitted_on: where the features were computed, ``{"device": "cpu", "cuda", …,
+            "dtype": "float32" | "float16" | "bfloat16"}`` (``detectors.precision.fitted_on``);
+            a bundle without it was fitted in float32 on the CPU.
 
     The bundle is written into a temporary sibling directory and renamed into place.
     """
@@ -214,6 +218,8 @@ def save_bundle(
         "metrics": _json_object(metrics, "metrics"),
         "versions": _versions(),
     }
+    if fitted_on is not None:
+        manifest["fitted_on"] = _check_fitted_on(dict(fitted_on), BundleError)
     if attribution.HEAD in heads:
         # Optional (bundles without it score kinds from the strategy's heads).
         manifest["attribution"] = {
@@ -361,6 +367,8 @@ def _check_manifest(manifest: object) -> LogTransform:
         ):
             raise bad("attribution", f"{{'head': {attribution.HEAD!r}, 'temperature': > 0, ...}}")
         expected = [*expected, attribution.HEAD]
+    if "fitted_on" in manifest:
+        _check_fitted_on(manifest["fitted_on"], BundleFormatError)
     if sorted(manifest["heads"]) != sorted(expected):
         raise BundleFormatError(
             f"manifest heads {sorted(manifest['heads'])} do not match "
@@ -471,6 +479,24 @@ def _to_json(value: object, where: str, error: type[BundleError]) -> Any:
 def _short(fingerprint: str) -> str:
     """'sha256:0123456789ab…' — enough to tell two fingerprints apart in a message."""
     return f"{fingerprint[:19]}…" if len(fingerprint) > 19 else fingerprint
+
+
+def _check_fitted_on(value: object, error: type[BundleError]) -> dict[str, str]:
+    """``{"device": "cpu" | "cuda", "dtype": <model dtype>, ...}``; ``error`` otherwise."""
+    from detectors.precision import MODEL_DTYPES
+
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("device"), str)
+        or not value["device"]
+        or value.get("dtype") not in MODEL_DTYPES
+        or not all(isinstance(v, str) for v in value.values())
+    ):
+        raise error(
+            "manifest field 'fitted_on' must be {'device': 'cpu', 'cuda', ..., 'dtype': one of "
+            f"{list(MODEL_DTYPES)}}}, got {value!r}"[:300]
+        )
+    return value
 
 
 def _versions() -> dict[str, str]:

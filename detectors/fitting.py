@@ -20,6 +20,7 @@ from detectors.bundle import model_fingerprint, save_bundle
 from detectors.challenges import Challenge
 from detectors.detector import ReliabilityDetector
 from detectors.features import DEFAULT_LOSSES, FeatureExtractor
+from detectors.precision import fitted_on
 from detectors.setcache import SetCache
 
 
@@ -50,6 +51,7 @@ def fit_detector(
     batch_size: int = 128,
     progress: bool = True,
     cache: SetCache | None = None,
+    challenge_model: nn.Module | None = None,
 ) -> FitResult:
     """Fit on clean ``images`` float32 [N, C, H, W] (labels int64 [N]) and one generated
     set per challenge (made from the same clean images, seeded).
@@ -60,6 +62,8 @@ def fit_detector(
     rows make those rows look cleaner than any fresh input, and the calibrated threshold
     would then flag far more clean traffic than the target rate.
     calibration_fraction: share of H's clean rows held out to calibrate the threshold.
+    challenge_model: the model the challenges are generated against (default ``model``); a
+    float16/bfloat16 ``model`` passes its float32 original, as attack libraries feed float32.
     """
     if not challenges:
         raise ValueError("name at least one challenge to fit against")
@@ -84,7 +88,12 @@ def fit_detector(
     kinds = ["clean"] * len(images)
     for i, challenge in enumerate(challenges):
         made = cache.generate(
-            challenge, model, images, labels, seed=seed + 1 + i, progress=progress
+            challenge,
+            challenge_model or model,
+            images,
+            labels,
+            seed=seed + 1 + i,
+            progress=progress,
         )
         rows.append(
             extractor.extract_images(made, batch_size, _desc(progress, challenge.spec)).features
@@ -109,19 +118,29 @@ def fit_detector(
 
 
 def write_bundle(
-    result: FitResult, model: nn.Module, path: str | os.PathLike[str], overwrite: bool = False
+    result: FitResult,
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    overwrite: bool = False,
+    fingerprint: str | None = None,
 ) -> Path:
-    """Save the fitted detector with everything needed to recompute its features."""
+    """Save the fitted detector with everything needed to recompute its features.
+
+    ``fingerprint``: the model's fingerprint as it is stored and loaded (default: of
+    ``model``); a model fitted after a cast to float16/bfloat16 passes the one taken before
+    the cast, which is what a server checks before casting it the same way. The device and
+    dtype the features were computed at are recorded as ``fitted_on``."""
     return save_bundle(
         path,
         result.detector,
         feature_schema=result.extractor.schema,
         feature_spec=result.extractor.to_dict(),
-        model_fingerprint=model_fingerprint(model),
+        model_fingerprint=fingerprint or model_fingerprint(model),
         loss=result.extractor.losses[0],
         fit_summary=result.summary,
         metrics=result.metrics,
         overwrite=overwrite,
+        fitted_on=fitted_on(model),
     )
 
 

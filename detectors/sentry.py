@@ -22,6 +22,7 @@ from detectors.bundle import (
     model_fingerprint,
 )
 from detectors.detector.runtime import Device
+from detectors.faults import reraise_device_errors
 from detectors.features import FeatureExtractor
 from detectors.verdicts import Verdicts
 
@@ -62,6 +63,7 @@ class Sentry:
         try:
             verdicts = self.check(x)
         except (ValueError, IndexError, RuntimeError) as exc:
+            reraise_device_errors(exc)  # a full or failed device is not a mismatched bundle
             message = " ".join(str(exc).split())[:300]
             raise BundleMismatchError(f"{where}: {type(exc).__name__}: {message}") from None
         novelty = self.extractor.novelty_stats_
@@ -74,8 +76,10 @@ class Sentry:
                 f"{where}: its novelty statistics cover {novelty.means.shape[0]} classes, the "
                 f"model has {n_classes}"
             )
-        if novelty is not None and novelty.classes is not None and (
-            novelty.classes.max(initial=-1) >= n_classes or novelty.classes.min(initial=0) < 0
+        if (
+            novelty is not None
+            and novelty.classes is not None
+            and (novelty.classes.max(initial=-1) >= n_classes or novelty.classes.min(initial=0) < 0)
         ):
             raise BundleMismatchError(
                 f"{where}: its novelty statistics name classes up to "

@@ -16,6 +16,7 @@ input size.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import struct
@@ -250,10 +251,18 @@ def normalise(x: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def _from_uint8(x: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """0..255 -> spec.value_range, linearly."""
-    lo, hi = spec.value_range
-    scaled = x.astype(np.float64) / 255.0 * (hi - lo) + lo
-    return scaled.astype(spec.dtype)
+    """0..255 -> spec.value_range, linearly: one lookup per pixel in a 256-entry table of
+    ``spec.dtype`` (computed in float64 and rounded once, so each value is what the float64
+    formula gives, without a float64 copy of the image)."""
+    return _uint8_table(spec.value_range, spec.dtype)[x]
+
+
+@functools.lru_cache(maxsize=16)
+def _uint8_table(value_range: tuple[float, ...], dtype: str) -> np.ndarray:
+    lo, hi = value_range
+    table = (np.arange(256, dtype=np.float64) / 255.0 * (hi - lo) + lo).astype(dtype)
+    table.flags.writeable = False
+    return table
 
 
 def _dtype_choices() -> str:

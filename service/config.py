@@ -29,6 +29,10 @@ ENV_PREFIX = "GRADSENTRY_"
 ENV_NOT_FIELDS = frozenset({"GRADSENTRY_CONFIG"})
 DEVICES = ("auto", "cpu", "cuda")
 MODEL_WORKERS = ("process", "inline")
+# detectors.precision.MODEL_DTYPES, named here so that reading a config imports no torch
+# (a test checks the two agree).
+MODEL_DTYPES = ("float32", "float16", "bfloat16")
+CUDA_NUMERICS = ("deterministic", "fast")
 # The model loaders' names (service.models registers them; a test checks the two agree).
 # Named here so that reading a config imports neither torch nor any loader.
 MODEL_FORMATS = ("eager", "torchscript", "mar", "onnx")
@@ -97,6 +101,16 @@ class ServerConfig:
     dispatch_when_idle: bool = True
     queue_size: int = 256
     device: str = "auto"
+    # The dtype the model runs in: "float32", "float16" or "bfloat16" (the model is cast
+    # after its bundle's fingerprint is checked; the probe still sums in float32, see
+    # docs/gpu.md). A bundle fitted at another dtype or device is served with a warning
+    # that gives the measured difference.
+    model_dtype: str = "float32"
+    # On a CUDA device (service.numerics): "deterministic" (default) turns TF32 off and asks
+    # for deterministic kernels (the features match the CPU's to float32 rounding and an
+    # answer never depends on the run); "fast" lets cuDNN/cuBLAS use TF32 and pick the
+    # fastest kernels (features move by ~1e-3 relative; benchmark before choosing it).
+    cuda_numerics: str = "deterministic"
     model_format: str = "eager"
     model_path: str = ""
     model_factory: str = ""
@@ -183,6 +197,14 @@ class ServerConfig:
         if self.model_worker not in MODEL_WORKERS:
             raise ConfigError(
                 f"model_worker: must be one of {list(MODEL_WORKERS)}, got {self.model_worker!r}"
+            )
+        if self.model_dtype not in MODEL_DTYPES:
+            raise ConfigError(
+                f"model_dtype: must be one of {list(MODEL_DTYPES)}, got {self.model_dtype!r}"
+            )
+        if self.cuda_numerics not in CUDA_NUMERICS:
+            raise ConfigError(
+                f"cuda_numerics: must be one of {list(CUDA_NUMERICS)}, got {self.cuda_numerics!r}"
             )
         if not 0 <= self.server_nice <= 19:
             raise ConfigError(f"server_nice: must be in 0..19, got {self.server_nice}")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+#: The model worker's exit code after a device fault (a sticky CUDA error; service.faults):
+#: EX_TEMPFAIL, a new worker may succeed.
+DEVICE_FAULT_EXIT = 75
+
 
 class ClientError(ValueError):
     """The client's request is malformed (INVALID_ARGUMENT); the message says how."""
@@ -21,3 +25,7 @@ class DrainingError(RuntimeError):
 
 class WorkerError(RuntimeError):
     """The model worker process died while scoring; it is restarted (UNAVAILABLE: retry)."""
+
+
+class DeviceMemoryError(QueueFullError):
+    """The device ran out of memory even for this input alone (RESOURCE_EXHAUSTED)."""

@@ -17,9 +17,10 @@ from detectors.bundle import BundleError
 from detectors.demo import ARTIFACTS
 from detectors.probe.registry import ProbeError
 from detectors.sentry import Sentry
-from service import models
+from service import models, numerics
 from service.config import ServerConfig
 from service.models import LoadedModel, ModelLoadError
+from service.models.common import sample_inputs
 from service.pipeline import Pipeline
 from service.spec import SpecError
 
@@ -81,7 +82,9 @@ def load_model(config: ServerConfig, device: torch.device) -> LoadedModel:
 
 def build_pipeline(config: ServerConfig) -> Pipeline:
     """Model + verified bundle -> Pipeline (not yet warmed up)."""
-    device = resolve_device(config.device)
+    device = resolve_device(config.device)  # counts devices; starts neither cuBLAS nor cuDNN
+    if device.type == "cuda":  # global torch flags: the CPU path leaves them as they are
+        numerics.apply_cuda_numerics(config.cuda_numerics)
     loaded = load_model(config, device)
     if loaded.spec is None:  # loaders return the spec they were given; guard the contract
         raise ModelLoadError(f"{loaded.source}: the loader returned no input spec")
@@ -95,6 +98,11 @@ def build_pipeline(config: ServerConfig) -> Pipeline:
         # (a mismatch here is a one-line start-up error, not a crash at warm-up).
         x = torch.full((1, *spec.shape), spec.value_range[0], dtype=getattr(torch, spec.dtype))
         sentry.check_fits(x.to(device))
+        # Checked against its bundle as loaded; now cast to model_dtype (a warning with the
+        # measured difference when the bundle was fitted at another dtype or device).
+        numerics.serve_at(sentry, loaded.model, device, config.model_dtype, sample_inputs(spec))
+        if config.model_dtype != "float32":
+            sentry.check_fits(x.to(device))
     except (BundleError, ProbeError) as exc:
         # One error type for everything that stops a model from being served, so that the
         # command line (which must not import torch to catch them) reports it in one line.

@@ -26,10 +26,11 @@ if TYPE_CHECKING:  # the in-process Pipeline only; the gRPC process never import
 
 log = logging.getLogger(__name__)
 
-# Calibration of min_rows: a random probe batch of this many rows is the reference...
+# Calibration of min_rows: a random probe batch of max_batch_size rows (at least this many)
+# is the reference...
 CALIBRATION_ROWS = 16
-# ...and these are the candidate minimum batch sizes, smallest first.
-MIN_ROWS_CANDIDATES = (1, 2, 4, 8)
+# ...and these are the candidate minimum batch sizes, smallest first, up to max_batch_size.
+MIN_ROWS_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # "The same result": equal up to float64 noise of the statistics computed after the model.
 _SAME_RTOL = 1e-9
 
@@ -90,6 +91,10 @@ class BasePipeline:
         self.device = str(device)
         self.max_batch_size = max_batch_size
         self.min_rows = 1  # set by calibrate()
+        # On a GPU every batch is padded to max_batch_size: one shape, so one set of kernels
+        # (cuDNN and cuBLAS pick algorithms by shape), and an input's answer cannot depend
+        # on the batch it shares. Padding rows cost little there: the GPU is wide.
+        self.fixed_batch = self.device.startswith("cuda")
         self._lock = threading.Lock()
 
     @property
@@ -142,17 +147,39 @@ class BasePipeline:
     def calibrate(self, seed: int = 0) -> int:
         """Set and return ``min_rows``: the smallest candidate m such that a random probe
         input scored in batches of m, m + 1 and 2m + 1 rows gets the features, probabilities
-        and score it gets in a batch of CALIBRATION_ROWS. 1 (no padding) with a warning when
-        no candidate does."""
+        and score it gets in a batch of max_batch_size rows (candidates up to
+        max_batch_size). 1 (no padding) with a warning when no candidate does.
+
+        With ``fixed_batch`` (a GPU) ``min_rows`` is max_batch_size, and calibration checks
+        that a few rows padded to it get the answers they get in the full random batch; a
+        warning when they do not (non-deterministic kernels: see ``cuda_numerics``)."""
         # Kernels are chosen by shape, not value: any generic finite input shows the paths.
         lo, hi = self.spec.value_range
+        rows = max(self.max_batch_size, 1 if self.fixed_batch else CALIBRATION_ROWS)
         rng = np.random.default_rng(seed)
-        probe = rng.uniform(lo, hi, (CALIBRATION_ROWS, *self.spec.shape))
+        probe = rng.uniform(lo, hi, (rows, *self.spec.shape))
         probe = probe.astype(self.spec.dtype)
         with self._lock:
             ref = self._check(probe)
-            for m in MIN_ROWS_CANDIDATES:
-                sizes = sorted({k for k in (m, m + 1, 2 * m + 1) if k <= CALIBRATION_ROWS})
+            if self.fixed_batch:
+                self.min_rows = self.max_batch_size
+                sizes = sorted({1, (rows + 1) // 2, rows})
+                if all(
+                    _same_rows(self._check(padded_batch(list(probe[:k, None]), rows)), ref, k)
+                    for k in sizes
+                ):
+                    return self.min_rows
+                log.warning(
+                    "results on %s differ beyond float rounding between two batches of %d rows "
+                    "that share an input: its kernels are not deterministic (is cuda_numerics "
+                    "'fast'?); batched answers may differ slightly from unbatched ones",
+                    self.device,
+                    rows,
+                )
+                return self.min_rows
+            candidates = [m for m in MIN_ROWS_CANDIDATES if m <= self.max_batch_size]
+            for m in candidates:
+                sizes = sorted({k for k in (m, m + 1, 2 * m + 1) if k <= rows})
                 if all(_same_rows(self._check(probe[:k]), ref, k) for k in sizes):
                     self.min_rows = m
                     return m
@@ -160,16 +187,20 @@ class BasePipeline:
             "results on %s depend on the batch size beyond float rounding for every batch "
             "size tried %s: batched answers may differ slightly from unbatched ones",
             self.device,
-            MIN_ROWS_CANDIDATES,
+            candidates,
         )
         self.min_rows = 1
         return 1
 
     def warm_up(self) -> list[Result]:
-        """Score one input at the bottom of the value range (first-call allocations, lazy
-        initialisation), check the labels match the model's number of classes and, when
-        batches can hold several inputs, ``calibrate``."""
-        x = np.full((1, *self.spec.shape), self.spec.value_range[0], dtype=self.spec.dtype)
+        """Score a full batch of max_batch_size inputs at the bottom of the value range
+        (first-call allocations at the largest shape the server will run, lazy
+        initialisation, a GPU's kernel selection), check the labels match the model's number
+        of classes and, when batches can hold several inputs, ``calibrate``. Returns the
+        first input's result."""
+        x = np.full(
+            (self.max_batch_size, *self.spec.shape), self.spec.value_range[0], self.spec.dtype
+        )
         with self._lock:
             verdicts = self._check(x)
         n_classes = verdicts.logits.shape[1]
@@ -180,7 +211,7 @@ class BasePipeline:
             )
         if self.max_batch_size > 1:
             self.calibrate()
-        return self._split(verdicts)
+        return self._split(verdicts, n=1)
 
     def _run_batch(self, inputs: Sequence[np.ndarray], min_rows: int = 1) -> list[Result]:
         if not inputs:
@@ -231,12 +262,17 @@ class Pipeline(BasePipeline):
         super().__init__(spec, device, max_batch_size)
         self.sentry = sentry
         self.manifest = sentry.bundle.manifest
+        self._staging: Any = None  # service.staging.Staging, made at the first batch
 
     def _check(self, batch: np.ndarray) -> Verdicts:
-        import torch  # loaded already: the Sentry holds a torch model
+        from service.faults import check_in_pieces
+        from service.staging import Staging
 
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        return self.sentry.check(x)
+        if self._staging is None:  # a pinned buffer on a GPU, no copy on the CPU
+            self._staging = Staging(self.device, self.max_batch_size)
+        x = self._staging.to_device(batch)
+        # Out of device memory: in halves, down to single inputs (service.faults).
+        return check_in_pieces(self.sentry.check, x)
 
 
 def padded_batch(inputs: Sequence[np.ndarray], min_rows: int) -> np.ndarray:
@@ -249,7 +285,7 @@ def padded_batch(inputs: Sequence[np.ndarray], min_rows: int) -> np.ndarray:
 def _same_rows(v: Verdicts, ref: Verdicts, k: int) -> bool:
     """Rows 0..k-1 of ``v`` equal those of ``ref`` up to float64 noise."""
     return bool(
-        np.allclose(v.features, ref.features[:k], rtol=_SAME_RTOL, atol=0)
-        and np.allclose(v.probabilities, ref.probabilities[:k], rtol=_SAME_RTOL, atol=0)
-        and np.allclose(v.score, ref.score[:k], rtol=_SAME_RTOL, atol=0)
+        np.allclose(v.features[:k], ref.features[:k], rtol=_SAME_RTOL, atol=0)
+        and np.allclose(v.probabilities[:k], ref.probabilities[:k], rtol=_SAME_RTOL, atol=0)
+        and np.allclose(v.score[:k], ref.score[:k], rtol=_SAME_RTOL, atol=0)
     )

@@ -34,7 +34,7 @@ import numpy as np
 from detectors.errors import ModelLoadError
 from detectors.verdicts import Verdicts
 from service.config import ServerConfig, build_config
-from service.errors import WorkerError
+from service.errors import DEVICE_FAULT_EXIT, DeviceMemoryError, WorkerError
 from service.event_loop import event_loop
 from service.loop_reader import LoopReader
 from service.pipeline import BasePipeline, Result, padded_batch
@@ -202,7 +202,9 @@ class ProcessPipeline(BasePipeline):
             future = self._pending.popleft() if self._pending else None
         if future is None:
             return  # an answer nobody waits for (cannot happen; never block on it)
-        if meta.get("op") == "error":
+        if meta.get("op") == "error" and meta.get("kind") == "out_of_memory":
+            future.set_exception(DeviceMemoryError(str(meta["message"])))
+        elif meta.get("op") == "error":
             future.set_exception(RuntimeError(f"model worker: {meta['message']}"))
         else:
             future.set_result(unpack_verdicts(meta, arrays))
@@ -217,10 +219,11 @@ class ProcessPipeline(BasePipeline):
         if conn is None or conn is not self._conn:
             return  # an earlier child's reader, or already handled
         code = self._stop(ask=False)
+        why = "hit a device (CUDA) error" if code == DEVICE_FAULT_EXIT else "died"
         while self._pending:
             self._pending.popleft().set_exception(
                 WorkerError(
-                    f"the model worker died while scoring this batch (exit code {code}); "
+                    f"the model worker {why} while scoring this batch (exit code {code}); "
                     "a new one starts with the next batch: retry"
                 )
             )
@@ -304,6 +307,7 @@ def worker_main(conn: Connection) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # torch, the library and onnxruntime load before the "load" message arrives: a worker
     # started early by ``serve`` imports them while the server imports its own.
+    from detectors.faults import is_device_fault
     from service.loader import build_pipeline
 
     try:
@@ -335,7 +339,15 @@ def worker_main(conn: Connection) -> None:
             # The received array is a read-only view of the message; torch wants its own.
             verdicts = pipeline._check(np.array(arrays["x"]))
             reply = pack_verdicts(verdicts)
+        except DeviceMemoryError as exc:
+            reply = pack({"op": "error", "message": str(exc), "kind": "out_of_memory"})
         except Exception as exc:
+            if is_device_fault(exc):
+                # CUDA errors are sticky: every later batch would fail in this process. The
+                # server fails this batch (UNAVAILABLE) and starts a new worker.
+                log.critical("device fault, the model worker exits: %s", exc)
+                logging.shutdown()
+                os._exit(DEVICE_FAULT_EXIT)
             log.exception("scoring a batch failed")
             reply = pack({"op": "error", "message": f"{type(exc).__name__}: {exc}"})
         conn.send_bytes(reply)

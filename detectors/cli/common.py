@@ -13,6 +13,7 @@ from detectors.bundle import BundleError
 from detectors.challenges import Challenge, ChallengeError, parse_spec
 from detectors.data import DataError, load_images
 from detectors.models import ModelLoadError, load_eager_model
+from detectors.precision import model_dtype
 from detectors.probe.registry import ProbeError
 
 # ART warns about its own defaults on every attack it builds; they say nothing to a user.
@@ -58,7 +59,8 @@ def check_input_shape(model: nn.Module, images: np.ndarray, what: str) -> None:
     """Run one image through the model so a shape mismatch is caught before long work."""
     try:
         with torch.no_grad():
-            out = model(torch.from_numpy(images[:1]).to(next(model.parameters()).device))
+            first = next(model.parameters())
+            out = model(torch.from_numpy(images[:1]).to(first.device, model_dtype(model)))
     except RuntimeError as exc:
         raise CliError(
             f"{what} of shape {tuple(images.shape[1:])} does not fit the model: "

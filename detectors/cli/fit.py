@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
-from detectors.bundle import BundleExistsError
+from detectors.bundle import BundleExistsError, model_fingerprint
 from detectors.cli.common import (
     USER_ERRORS,
     CliError,
@@ -18,6 +19,7 @@ from detectors.detector import CLASSIFIERS, STRATEGIES
 from detectors.features import DEFAULT_LOSSES
 from detectors.fitting import fit_detector, write_bundle
 from detectors.losses import available_losses
+from detectors.precision import MODEL_DTYPES, cast_model
 from detectors.setcache import SetCache
 
 DEFAULT_CHALLENGES = [
@@ -60,6 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-fpr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument(
+        "--model-dtype",
+        choices=MODEL_DTYPES,
+        default="float32",
+        help="dtype the model runs in while the features are computed (serve the bundle "
+        "with the same model_dtype; the probe sums in float32 either way)",
+    )
     p.add_argument("--cache", type=Path, help="directory caching generated challenge sets")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
@@ -72,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--target-fpr must be in (0, 1), got {args.target_fpr}")
     challenges = parse_challenges(args.challenge or DEFAULT_CHALLENGES)
     model = load_model(args.model, args.weights, args.device)
+    # The fingerprint of the model as stored: a server checks it before its own cast.
+    fingerprint = model_fingerprint(model)
+    # Attacks run on the float32 original (attack libraries feed float32); the features are
+    # computed at the dtype the model will be served at.
+    challenge_model = copy.deepcopy(model) if args.model_dtype != "float32" else model
+    cast_model(model, args.model_dtype)
     images, labels = load_labelled(args.data, "--data")
     check_input_shape(model, images, "--data")
     stats = load_labelled(args.stats_data, "--stats-data") if args.stats_data else (None, None)
@@ -89,9 +104,10 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
         cache=SetCache(args.cache),
+        challenge_model=challenge_model,
     )
     result.summary["data"] = str(args.data)
-    path = write_bundle(result, model, args.out, overwrite=args.overwrite)
+    path = write_bundle(result, model, args.out, overwrite=args.overwrite, fingerprint=fingerprint)
     det = result.detector
     print(
         f"bundle written to {path}: {det.strategy} {det.classifier} H on "

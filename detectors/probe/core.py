@@ -21,7 +21,6 @@ runs (``detectors.probe.ops``): each op where one meets the batch is hooked like
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from detectors.losses import get_loss
+from detectors.precision import HALF_DTYPES, model_dtype, upcast, upcast_all
 from detectors.probe import rules as _rules  # noqa: F401  (registers every rule)
 from detectors.probe.ops import OpTracker
 from detectors.probe.registry import ProbeError, rule_for
 from detectors.probe.rules._outer import sq_norm
+from detectors.timing import timer_for
 
 
 @dataclass
@@ -54,7 +55,8 @@ class ProbeOutput:
 
     logits: [B, C]; features: loss name -> [B, L]; captured: module name -> its first
     input [B, ...] (e.g. the penultimate activations feeding the last Linear); timings:
-    seconds spent in the forward pass and in the backward passes with their norms.
+    seconds spent in the forward pass and in the backward passes with their norms, by the
+    device's clock (CUDA events on a GPU, synchronised once per call; ``detectors.timing``).
     """
 
     logits: Tensor
@@ -138,6 +140,8 @@ class GradientProbe:
         self._units = list(units.values())
         self._model_param_ids = {id(p) for p in model.parameters()}
         self._hooks_active = False
+        # Device-resident column indices for ``_write_columns``: (device, columns) -> [k]
+        self._column_index: dict[tuple[torch.device, tuple[int, ...]], Tensor] = {}
 
     @staticmethod
     def _check_untied(model: nn.Module, names: list[str]) -> None:
@@ -185,6 +189,10 @@ class GradientProbe:
         batch = x.shape[0]
         current["batch"] = batch
         x_in = x.detach()
+        timer = timer_for(x.device)  # CUDA events on a GPU, the host clock on the CPU
+        dtype = model_dtype(self.model)
+        if dtype in HALF_DTYPES and x_in.dtype != dtype:  # a float16/bfloat16 model
+            x_in = x_in.to(dtype)
         tracker = None
         if self._op_params:
             tracker = OpTracker(
@@ -203,13 +211,13 @@ class GradientProbe:
         try:
             with torch.enable_grad():
                 self._hooks_active = True
-                t0 = time.perf_counter()
+                timer.mark()
                 if tracker is None:
                     logits = self.model(x_in)
                 else:
                     with tracker:
                         logits = self.model(x_in)
-                t1 = time.perf_counter()
+                timer.mark()
                 self._hooks_active = False
                 if (
                     not isinstance(logits, Tensor)
@@ -225,21 +233,22 @@ class GradientProbe:
                     current["last"] = k == len(loss_fns) - 1
                     # A probed layer the logits do not depend on keeps zero norms: its
                     # gradient is zero, and so may the anchor's path be unused.
-                    torch.autograd.grad(
-                        fn(logits).sum(),
-                        anchor,
-                        retain_graph=k < len(loss_fns) - 1,
-                        allow_unused=True,
-                    )
+                    # The loss in float32 whatever the model's dtype (log_softmax of bf16
+                    # logits keeps 8 bits); autocast off, so that the rules sum in the
+                    # float32 they are handed (a user's autocast region may be around us).
+                    with torch.autocast(x.device.type, enabled=False):
+                        torch.autograd.grad(
+                            fn(upcast(logits)).sum(),
+                            anchor,
+                            retain_graph=k < len(loss_fns) - 1,
+                            allow_unused=True,
+                        )
                     for column, per_sample in grads.items():  # op-level parameters
-                        norms[column] = sq_norm(per_sample)
+                        norms[column] = sq_norm(upcast(per_sample))
                     grads.clear()
                     if norms:  # one write of all columns, not one per parameter
-                        columns = list(norms)
-                        feats[name][:, columns] = torch.stack(
-                            [norms[c].to(torch.float32) for c in columns], 1
-                        )
-                t2 = time.perf_counter()
+                        self._write_columns(feats[name], norms)
+                timer.mark()
         finally:
             self._hooks_active = False
             for h in handles:
@@ -253,8 +262,24 @@ class GradientProbe:
             # through C++ that Python's collector cannot see. Break it, or every call's
             # graph (activations and all) would stay in memory.
             current.clear()
-        timings = {"forward": t1 - t0, "backward": t2 - t1}
+        forward, backward = timer.intervals()  # a GPU's one synchronisation per batch
+        timings = {"forward": forward, "backward": backward}
         return ProbeOutput(logits.detach(), feats, captured, timings)
+
+    def _write_columns(self, out: Tensor, norms: dict[int, Tensor]) -> None:
+        """out[:, c] = norms[c] for every column c, in one op and with no host-to-device
+        upload per call: all columns in order (the usual case) is one stack; otherwise the
+        column index lives on the device, made once per device and set of columns."""
+        columns = sorted(norms)
+        stacked = torch.stack([norms[c].to(torch.float32) for c in columns], 1)
+        if len(columns) == out.shape[1]:
+            out.copy_(stacked)
+            return
+        key = (out.device, tuple(columns))
+        index = self._column_index.get(key)
+        if index is None:
+            index = self._column_index[key] = torch.tensor(columns, device=out.device)
+        out.index_copy_(1, index, stacked)
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -308,7 +333,9 @@ class GradientProbe:
                     f"the input of module {unit.name!r} was modified in place after it ran; "
                     "its recorded activations are no longer valid"
                 )
-            norms = rule_for(unit.module)(unit.module, args, grad_output)
+            # Rules sum in float32 at least: the squares of fp16 values overflow at 65,504
+            # and bf16 keeps 8 mantissa bits (detectors.precision).
+            norms = rule_for(unit.module)(unit.module, upcast_all(args), upcast(grad_output))
             out = current["norms"]
             for local, column in unit.columns.items():
                 out[column] = norms[local].detach()

@@ -37,6 +37,7 @@ from torch.func import grad, vmap
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from detectors.precision import upcast
 from detectors.probe.registry import ProbeError, functional_rule_for
 
 # Ops whose output repeats a parameter expression along a new batch-sized first dim.
@@ -220,7 +221,8 @@ class OpTracker(TorchFunctionMode):
             if "call" not in site:
                 return
             self._verify(site, func_name=_op_name(entry.rule))
-            norms = entry.rule(site["call"], g)
+            call = dict(site["call"], input=upcast(site["call"]["input"]))  # sum in fp32
+            norms = entry.rule(call, upcast(g))
             for role, column in columns.items():
                 self.current["norms"][column] = norms[role].detach()
             if self.current["last"]:

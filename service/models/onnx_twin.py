@@ -546,7 +546,9 @@ def _reshape(b: _Builder, node: onnx.NodeProto, index: int) -> None:
         return
 
     def fn(x: Tensor, s: Tensor) -> Tensor:
-        return x.reshape(_target_shape(x, [int(v) for v in s.reshape(-1)], allowzero))
+        # One transfer of the whole shape (``int(v)`` per element would wait on the device
+        # once per dimension).
+        return x.reshape(_target_shape(x, s.reshape(-1).tolist(), allowzero))
 
     b.step("Reshape", fn, list(node.input[:2]), node.output[0])
 

@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("environment", "placement", "device_vs_cpu", "batched_vs_alone", "probe_cost")
+SECTIONS = (
+    "environment",
+    "placement",
+    "device_vs_cpu",
+    "batched_vs_alone",
+    "precision",
+    "probe_cost",
+)
 
 
 def test_the_device_check_runs_on_the_cpu(tmp_path: Path) -> None:
@@ -41,5 +48,13 @@ def test_the_device_check_runs_on_the_cpu(tmp_path: Path) -> None:
     assert report["batched_vs_alone"]["prediction_flips"] == 0
     cost = report["probe_cost"]["batch_4"]
     assert cost["probe_s"] > 0 and cost["probe_counts"]["kernels"] > 0
+    assert cost["forward_backward_counts"]["kernels"] > 0
+    assert set(cost["probe_stage_s"]) == {"forward", "backward"}
+    # Half precision on the demo digits: the bounds of tests/probe/test_precision.py.
+    for dtype in ("float16", "bfloat16"):
+        half = report["precision"][dtype]
+        assert half["max_column_relative_feature_difference"] <= 0.15
+        assert half["prediction_flips"] == 0
+    assert "numerics" in report["environment"]
     assert report["sidecar"]["batching on"]["errors"] == 0
     assert report["sidecar"]["batching on"]["requests_per_second"] > 0

@@ -372,6 +372,27 @@ def test_gpu_switch_alone_selects_cuda(tmp_path: Path) -> None:
     assert server_config(release, tmp_path).device == "cuda"
 
 
+def test_gpu_switch_alone_fits_a_cuda_worker() -> None:
+    """gpu.enabled alone raises the host memory past the CPU default (a CUDA torch loads
+    several GB of CUDA libraries) and gives CUDA's JIT cache a writable volume."""
+    release = render({"gpu": {"enabled": True}})
+    resources = release.container()["resources"]
+    assert resources["limits"]["memory"] == "8Gi" and resources["requests"]["memory"] == "4Gi"
+    assert resources["requests"]["cpu"] == "500m"  # the rest of resources is kept
+    env = {e["name"]: e.get("value") for e in release.container()["env"]}
+    assert env["CUDA_CACHE_PATH"] == "/var/cache/cuda"
+    mounts = {m["name"]: m["mountPath"] for m in release.container()["volumeMounts"]}
+    assert mounts["cuda-cache"] == "/var/cache/cuda"
+    volumes = {v["name"]: v for v in release.pod["volumes"]}
+    assert volumes["cuda-cache"]["emptyDir"] == {"sizeLimit": "1Gi"}
+    # null keeps resources.*; without a GPU there is no cache volume and no variable.
+    kept = render({"gpu": {"enabled": True, "memory": {"limit": None, "request": None}}})
+    assert kept.container()["resources"]["limits"]["memory"] == "2Gi"
+    plain = render(None)
+    assert "CUDA_CACHE_PATH" not in {e["name"] for e in plain.container()["env"]}
+    assert "cuda-cache" not in {v["name"] for v in plain.pod["volumes"]}
+
+
 def test_sidecar_pod_shares_the_model_volume_with_torchserve(
     releases: dict[str | None, Release], tmp_path: Path
 ) -> None:

@@ -228,6 +228,8 @@ def test_refuses_invalid_onnx_even_with_a_matching_hash(tmp_path: Path, save: An
         (lambda m: m["feature_schema"][2].pop("name"), "feature_schema'\\[2\\] must be an object"),
         (lambda m: m["attribution"].update(temperature=0), "'attribution' must be"),
         (lambda m: m["attribution"].update(head="kinds"), "'attribution' must be"),
+        (lambda m: m.update(fitted_on={"device": "cpu", "dtype": "float8"}), "'fitted_on' must"),
+        (lambda m: m.update(fitted_on="cuda"), "'fitted_on' must be"),
         # the kind head listed without its attribution entry (no temperature to apply)
         (lambda m: m.pop("attribution"), "do not match strategy 'per_kind'"),
     ],
@@ -237,6 +239,14 @@ def test_refuses_edited_manifest(tmp_path: Path, save: Any, edit: Any, match: st
     _edit_manifest(path, edit)
     with pytest.raises(BundleFormatError, match=match):
         load_bundle(path)
+
+
+def test_records_the_precision_it_was_fitted_at(tmp_path: Path, save: Any) -> None:
+    fitted = {"device": "cuda", "dtype": "bfloat16"}
+    assert load_bundle(save(tmp_path / "b", fitted_on=fitted)).manifest["fitted_on"] == fitted
+    assert "fitted_on" not in load_bundle(save(tmp_path / "c")).manifest  # float32 on cpu
+    with pytest.raises(BundleError, match="'fitted_on' must be"):
+        save(tmp_path / "d", fitted_on={"device": "cpu", "dtype": "int8"})
 
 
 def test_refuses_broken_json_and_unsupported_version(tmp_path: Path, save: Any) -> None:

@@ -83,3 +83,17 @@ def test_refusals_name_the_problem() -> None:
 def test_bad_specs_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         InputSpec(**kwargs)
+
+
+@pytest.mark.parametrize("value_range", [(0.0, 1.0), (-1.0, 1.0), (0.0, 255.0), (-0.5, 2.7)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_uint8_scaling_by_table_equals_the_float64_formula(value_range, dtype) -> None:
+    from service.codec import _from_uint8
+
+    spec = InputSpec(shape=(1, 16, 16), dtype=dtype, value_range=value_range)
+    x = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
+    lo, hi = value_range
+    want = (x.astype(np.float64) / 255.0 * (hi - lo) + lo).astype(dtype)
+    got = _from_uint8(x, spec)
+    assert got.dtype == np.dtype(dtype) and got.shape == x.shape
+    np.testing.assert_array_equal(got, want)  # bit for bit: one rounding either way

@@ -30,8 +30,9 @@ def batchnorm_norms(
         # once and writes nothing the size of the activations (x̂ would be one more pass
         # and one more copy of them).
         gx = torch.einsum("bct,bct->bc", g, x.reshape(b, c, -1))
-        rstd = (module.running_var + module.eps).rsqrt()
-        norms["weight"] = sq_norm((gx - module.running_mean * g_sum) * rstd)
+        # Running statistics in the sums' dtype (float32 for a half model's fp32 sums).
+        rstd = (module.running_var.to(gx.dtype) + module.eps).rsqrt()
+        norms["weight"] = sq_norm((gx - module.running_mean.to(gx.dtype) * g_sum) * rstd)
     if module.bias is not None:
         norms["bias"] = sq_norm(g_sum)
     return norms

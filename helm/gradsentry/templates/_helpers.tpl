@@ -134,6 +134,16 @@ ports, mounted TLS and token files, the GPU device). Setting an owned key in `co
 {{- if .Values.gpu.enabled }}
 {{- $limits := deepCopy (default dict (get $res "limits")) }}
 {{- $_ := set $limits .Values.gpu.resourceName (int .Values.gpu.count) }}
+{{- with .Values.gpu.memory }}
+{{- if .limit }}
+{{- $_ := set $limits "memory" .limit }}
+{{- end }}
+{{- if .request }}
+{{- $requests := deepCopy (default dict (get $res "requests")) }}
+{{- $_ := set $requests "memory" .request }}
+{{- $_ := set $res "requests" $requests }}
+{{- end }}
+{{- end }}
 {{- $_ := set $res "limits" $limits }}
 {{- end }}
 {{- toYaml $res }}
