@@ -360,4 +360,3 @@ def test_deploy_kserve_services_use_the_runtime_and_known_keys(path: Path) -> No
         assert env["GRADSENTRY_BUNDLE"].startswith(f"{MODELS}/")
         path_key = "GRADSENTRY_MODEL_PATH"
         assert env[path_key].startswith(f"{MODELS}/"), path_key
-
