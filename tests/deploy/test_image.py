@@ -373,8 +373,7 @@ def test_image_carries_the_serving_install_only(docker: Docker, image: str) -> N
     check = docker.run("run", "--rm", "--entrypoint", "pip", image, "check", check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     code = (
-        "import importlib.util as u; "
-        f"print(' '.join(m for m in {LAB_MODULES!r} if u.find_spec(m)))"
+        f"import importlib.util as u; print(' '.join(m for m in {LAB_MODULES!r} if u.find_spec(m)))"
     )
     found = docker.run("run", "--rm", "--entrypoint", "python", image, "-c", code).stdout
     assert found.strip() == "", found

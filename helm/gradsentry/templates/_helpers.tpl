@@ -125,6 +125,10 @@ ports, mounted TLS and token files, the GPU device). Setting an owned key in `co
 {{- $_ := set $cfg "rest_enabled" true }}
 {{- $_ := set $cfg "rest_port" (int .Values.ports.rest) }}
 {{- end }}
+{{- if and .Values.kserve.enabled (not (hasKey $cfg "model_name")) }}
+{{- /* OIP clients address the model by the InferenceService's name, as with KServe's own runtimes. */}}
+{{- $_ := set $cfg "model_name" (include "gradsentry.inferenceServiceName" .) }}
+{{- end }}
 {{- if and .Values.gpu.enabled (not (hasKey $cfg "device")) }}
 {{- $_ := set $cfg "device" "cuda" }}
 {{- end }}
