@@ -334,9 +334,20 @@ def run_pod(
         proc.wait(WAIT)
 
 
-def probe_and_classify(target: str, container: dict[str, Any]) -> None:
+def oip_model_ready(channel: grpc.Channel, name: str) -> bool:
+    """OIP ``ModelReady`` for model ``name``, the request encoded by hand (field 1, the name;
+    ``kserve_grpc_predict_v2.proto``), so that no OIP stubs are needed here."""
+    encoded = name.encode()
+    assert len(encoded) < 128  # one-byte length
+    call = channel.unary_unary("/inference.GRPCInferenceService/ModelReady")
+    reply = call(b"\x0a" + bytes([len(encoded)]) + encoded, timeout=WAIT)
+    return reply == b"\x08\x01"  # field 1 (ready) = true
+
+
+def probe_and_classify(target: str, container: dict[str, Any], model: str) -> None:
     """The readiness probe's health check answers SERVING, and a demo digit is classified
-    as it is labelled."""
+    as it is labelled. Where the server speaks the OIP (it knows the OIP keys), the model is
+    ready under the InferenceService's name; before, the OIP service does not exist."""
     service = container["readinessProbe"]["grpc"].get("service", "")
     images = np.load(ARTIFACTS / "samples.npz")
     with grpc.insecure_channel(target) as channel:
@@ -346,6 +357,12 @@ def probe_and_classify(target: str, container: dict[str, Any]) -> None:
         x = images["images"][0].astype(np.float32) / 255.0
         answer = pb_grpc.ReliabilityStub(channel).Check(tensor_request(x), timeout=WAIT)
         assert answer.predicted_class == int(images["labels"][0])
+        if PENDING_OIP_KEYS <= SERVER_KEYS:
+            assert oip_model_ready(channel, model)
+        else:
+            with pytest.raises(grpc.RpcError) as caught:
+                oip_model_ready(channel, model)
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_chart_kserve_pod_serves_the_model_from_mnt_models(tmp_path: Path) -> None:
@@ -360,7 +377,7 @@ def test_chart_kserve_pod_serves_the_model_from_mnt_models(tmp_path: Path) -> No
     assert container["command"][-1] == mount["mountPath"]
     config = write(tmp_path / "etc", release)
     with run_pod(container, config, models, tmp_path) as target:
-        probe_and_classify(target, container)
+        probe_and_classify(target, container, release.one("InferenceService")["metadata"]["name"])
 
 
 def test_deploy_kserve_example_serves_a_mar_from_mnt_models(tmp_path: Path) -> None:
@@ -375,7 +392,7 @@ def test_deploy_kserve_example_serves_a_mar_from_mnt_models(tmp_path: Path) -> N
     container = kserve_container(runtime, service)
     assert container["env"]["GRADSENTRY_MODEL_NAME"] == service["metadata"]["name"]
     with run_pod(container, None, models, tmp_path) as target:
-        probe_and_classify(target, container)
+        probe_and_classify(target, container, service["metadata"]["name"])
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
