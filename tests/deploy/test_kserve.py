@@ -412,3 +412,15 @@ def test_deploy_kserve_services_use_the_runtime_and_known_keys(path: Path) -> No
         assert env["GRADSENTRY_BUNDLE"].startswith(f"{MODELS}/")
         path_key = "GRADSENTRY_MODEL_PATH"
         assert env[path_key].startswith(f"{MODELS}/"), path_key
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_kserve_pods_are_probed_as_the_charts_own(tls: bool) -> None:
+    """The same probes as the Deployment's (tested against real servers in test_helm):
+    native gRPC health checks, or ``gradsentry health`` over TLS with TLS on."""
+    values: dict[str, Any] = {"tls": {"enabled": tls, "secretName": "tls"}}
+    deployment = render(values).container()
+    (container,) = render(kserve_values(**values)).one("ServingRuntime")["spec"]["containers"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe] == deployment[probe]
+        assert ("exec" in container[probe]) == tls and ("grpc" in container[probe]) != tls
