@@ -14,13 +14,17 @@ the same Open Inference Protocol (OIP) load over gRPC.
 - **gradsentry**: ``gradsentry serve`` on the bundled demo (same weights; forward, confounding
   backward, features, H), from the source tree ``--tree`` (default: this one), one torch
   thread in its model worker process, the same batching settings. Its OIP model is
-  ``--gradsentry-model`` (the server's ``model_name``).
+  ``--gradsentry-model`` (the server's ``model_name``). ``--server-nice`` sets how far its
+  gRPC process yields to its model worker (``server_nice``, 10 by default; MLServer's
+  processes all run at one priority: 0 puts both level against other work on the machine).
 
 Both are driven, one after the other and never at once, by ``benchmarks/peer/oip_load.py``:
 ``tritonclient`` gRPC clients that know only the OIP (ModelMetadata, then raw-tensor
 ModelInfer calls), ``--clients`` at once, each its own channel. Printed per run: requests/s,
 p50/p99 latency, errors, the server processes' CPU (cores); then the ratio gradsentry /
-MLServer of the median requests/s with the spread over rounds, and where gradsentry's time
+MLServer of the median requests/s with the spread over rounds, each server's CPU seconds per
+call (all its processes, over the whole drive: the figure that holds best on a machine
+other work shares, where requests/s follow whatever CPU is left), and where gradsentry's time
 goes per input: the model worker's forward, probe (confounding backward + statistics) and
 detector (from its stage metrics, per input of the batches it ran), and the gRPC process's
 CPU per input (transport: gRPC, protobuf, decoding, batching, the hand-off to the worker).
@@ -117,13 +121,13 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
 def start_mlserver(
     python: Path, args: argparse.Namespace, workdir: Path
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """``mlserver start`` on the demo model; (process, gRPC port, log)."""
+    """``mlserver start`` on the demo model; (process, gRPC port, HTTP port, log)."""
     root = Path(tempfile.mkdtemp(prefix="mlserver-", dir=workdir))
     (root / PEER_MODEL).mkdir()
-    grpc_port = free_port()
+    grpc_port, http_port = free_port(), free_port()
     settings = {
         "host": "127.0.0.1",
-        "http_port": free_port(),
+        "http_port": http_port,
         "grpc_port": grpc_port,
         "metrics_port": free_port(),
         "parallel_workers": 1,  # one inference process, as gradsentry's one model worker
@@ -151,7 +155,7 @@ def start_mlserver(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return proc, grpc_port, log
+    return proc, grpc_port, http_port, log
 
 
 def start_gradsentry(
@@ -168,6 +172,7 @@ def start_gradsentry(
         "max_delay_ms": args.max_delay_ms,
         "max_workers": max(64, 4 * args.clients),
         "queue_size": max(256, 4 * args.clients),
+        "server_nice": args.server_nice,
     }
     path = workdir / f"gradsentry-{port}.json"
     path.write_text(json.dumps(config))  # JSON is YAML
@@ -240,15 +245,33 @@ def wait_started(proc: subprocess.Popen[bytes], log: Path) -> None:
         raise RuntimeError(f"server exited:\n{log.read_text(errors='replace')[-3000:]}")
 
 
-def run_mlserver(python: Path, args: argparse.Namespace, workdir: Path) -> Outcome:
-    proc, port, log = start_mlserver(python, args, workdir)
+def run_mlserver(
+    python: Path, args: argparse.Namespace, workdir: Path
+) -> tuple[Outcome, dict[str, float]]:
+    """The outcome and MLServer's CPU per call in ms (its processes, the whole drive)."""
+    proc, port, http_port, log = start_mlserver(python, args, workdir)
     try:
-        wait_started(proc, log)  # the generator waits for the model to be ready
-        return measure(
+        url = f"http://127.0.0.1:{http_port}/v2/models/{PEER_MODEL}/ready"
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:  # loaded before the clock starts, as gradsentry's warm-up
+            wait_started(proc, log)
+            try:
+                with urllib.request.urlopen(url, timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("MLServer's model did not get ready")
+            time.sleep(0.2)
+        cpu0 = process_cpu(proc.pid)
+        outcome = measure(
             MLSERVER, proc.pid, lambda: drive(python, f"127.0.0.1:{port}", PEER_MODEL, args)
         )
+        cpu1 = process_cpu(proc.pid)
     finally:
         stop(proc)
+    return outcome, {"server CPU per call": 1e3 * (cpu1 - cpu0) / max(outcome.calls_made, 1)}
 
 
 def run_gradsentry(
@@ -281,6 +304,7 @@ def run_gradsentry(
         group: 1e3 * sum(delta.get(f"sum:{s}", 0.0) for s in stages) / inputs
         for group, stages in STAGE_GROUPS.items()
     }
+    cost["server CPU per call"] = 1e3 * (tree1 - tree0) / max(outcome.calls_made, 1)
     cost["model worker CPU"] = 1e3 * ((tree1 - tree0) - (own1 - own0)) / inputs
     cost["gRPC process CPU (transport)"] = 1e3 * (own1 - own0) / inputs
     cost["queue wait (mean, per call)"] = (
@@ -300,6 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tree", type=Path, default=ROOT, help="gradsentry source tree to serve")
     parser.add_argument("--gradsentry-model", default="gradsentry", help="its OIP model name")
     parser.add_argument("--peer-venv", type=Path, default=default_peer_venv())
+    parser.add_argument(
+        "--server-nice",
+        type=int,
+        default=10,
+        help="gradsentry's server_nice (10, its default: the gRPC process runs 10 below its "
+        "model worker; MLServer's processes all run at this script's priority, so 0 puts "
+        "both servers level against other work on the machine)",
+    )
     args = parser.parse_args(argv)
     check_load_arguments(parser, args)
     args.tree = args.tree.resolve()
@@ -307,13 +339,16 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, list[Outcome]] = {MLSERVER: [], GRADSENTRY: []}
     costs: list[dict[str, float]] = []
+    peer_costs: list[dict[str, float]] = []
     skipped = ""
     with tempfile.TemporaryDirectory(prefix="gradsentry-peer-") as tmp:
         for i in range(args.rounds):
             head = f"[{i + 1}/{args.rounds}]"
             batching = f"batch {args.max_batch_size}, delay {args.max_delay_ms:g} ms"
             print(f"{head} mlserver ({batching}), {args.clients} OIP clients", flush=True)
-            runs[MLSERVER].append(run_mlserver(python, args, Path(tmp)))
+            outcome, cost = run_mlserver(python, args, Path(tmp))
+            runs[MLSERVER].append(outcome)
+            peer_costs.append(cost)
             if skipped:
                 continue
             print(f"{head} gradsentry ({batching}), {args.clients} OIP clients", flush=True)
@@ -347,10 +382,22 @@ def main(argv: list[str] | None = None) -> int:
             f"ratio gradsentry (checked) / mlserver (forward only), median requests/s: "
             f"{ratio:.2f}x (per round {min(per_round):.2f}-{max(per_round):.2f}x)"
         )
+        cpu = [c["server CPU per call"] for c in costs]
+        peer_cpu = [c["server CPU per call"] for c in peer_costs]
+        print(
+            f"server CPU per call, ms (median): gradsentry {median(cpu):.2f}, mlserver "
+            f"{median(peer_cpu):.2f}: {median(cpu) / median(peer_cpu):.2f}x"
+        )
         print("gradsentry per input, ms (median over rounds):")
         for key in costs[0]:
-            print(f"  {key:<32}{median([c[key] for c in costs]):>8.3f}")
-        payload.update(ratio=ratio, per_round=per_round, gradsentry_ms_per_input=costs)
+            if key != "server CPU per call":
+                print(f"  {key:<32}{median([c[key] for c in costs]):>8.3f}")
+        payload.update(
+            ratio=ratio,
+            per_round=per_round,
+            gradsentry_ms=costs,
+            mlserver_ms=peer_costs,
+        )
     else:
         print(skipped)
         payload["skipped"] = skipped
