@@ -195,8 +195,8 @@ ports, mounted TLS and token files, the GPU device). Setting an owned key in `co
 {{- if has .name (list "grpc" "metrics" "rest") }}
 {{- fail (printf "modelServer.ports: the name %q is gradsentry's; pick another" .name) }}
 {{- end }}
-{{- if has (int .containerPort) (list (int $.Values.ports.grpc) (int $.Values.ports.metrics)) }}
-{{- fail (printf "modelServer.ports: port %d is gradsentry's (ports.grpc / ports.metrics); pick another" (int .containerPort)) }}
+{{- if has (int .containerPort) (list (int $.Values.ports.grpc) (int $.Values.ports.metrics) (int (default 0 $.Values.ports.rest))) }}
+{{- fail (printf "modelServer.ports: port %d is gradsentry's (ports.grpc / ports.metrics / ports.rest); pick another" (int .containerPort)) }}
 {{- end }}
 {{- end }}
 {{- end }}
