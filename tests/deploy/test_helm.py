@@ -625,6 +625,17 @@ def test_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None
             },
             "modelServer.ports: port 9464 is gradsentry's",
         ),
+        (
+            {
+                "mode": "sidecar",
+                "ports": {"grpc": 50051, "metrics": 9464, "rest": 8080},
+                "modelServer": {
+                    "image": {"repository": "server", "tag": "1"},
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                },
+            },
+            "modelServer.ports: port 8080 is gradsentry's",
+        ),
     ],
 )
 def test_render_refuses_inconsistent_values(values: dict[str, Any], message: str) -> None:

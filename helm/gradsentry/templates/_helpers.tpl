@@ -98,6 +98,8 @@ ports, mounted TLS and token files, the GPU device). Setting an owned key in `co
   "port" "ports.grpc"
   "metrics_port" "ports.metrics"
   "metrics_host" "metricsHost"
+  "rest_enabled" "ports.rest"
+  "rest_port" "ports.rest"
   "tls_cert_file" "tls.enabled and tls.certKey"
   "tls_key_file" "tls.enabled and tls.keyKey"
   "tls_client_ca_file" "tls.clientCAKey"
@@ -107,11 +109,26 @@ ports, mounted TLS and token files, the GPU device). Setting an owned key in `co
 {{- fail (printf "config.%s is set by the chart: use %s instead" $key (get $owned $key)) }}
 {{- end }}
 {{- end }}
+{{- if .Values.kserve.enabled }}
+{{- range $key := list "bundle" "model_factory" "model_format" "model_path" "model_weights" }}
+{{- if hasKey $.Values.config $key }}
+{{- fail (printf "config.%s is set by kserve.model when kserve.enabled (the model is under /mnt/models)" $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- $cfg := deepCopy .Values.config }}
 {{- $_ := set $cfg "host" .Values.listenHost }}
 {{- $_ := set $cfg "port" (int .Values.ports.grpc) }}
 {{- $_ := set $cfg "metrics_port" (int .Values.ports.metrics) }}
 {{- $_ := set $cfg "metrics_host" .Values.metricsHost }}
+{{- if not (kindIs "invalid" .Values.ports.rest) }}
+{{- $_ := set $cfg "rest_enabled" true }}
+{{- $_ := set $cfg "rest_port" (int .Values.ports.rest) }}
+{{- end }}
+{{- if and .Values.kserve.enabled (not (hasKey $cfg "model_name")) }}
+{{- /* OIP clients address the model by the InferenceService's name, as with KServe's own runtimes. */}}
+{{- $_ := set $cfg "model_name" (include "gradsentry.inferenceServiceName" .) }}
+{{- end }}
 {{- if and .Values.gpu.enabled (not (hasKey $cfg "device")) }}
 {{- $_ := set $cfg "device" "cuda" }}
 {{- end }}
@@ -154,6 +171,24 @@ ports, mounted TLS and token files, the GPU device). Setting an owned key in `co
 {{- if eq (int .Values.ports.grpc) (int .Values.ports.metrics) }}
 {{- fail (printf "ports.grpc and ports.metrics must differ (both %d)" (int .Values.ports.grpc)) }}
 {{- end }}
+{{- if not (kindIs "invalid" .Values.ports.rest) }}
+{{- if has (int .Values.ports.rest) (list (int .Values.ports.grpc) (int .Values.ports.metrics)) }}
+{{- fail (printf "ports.rest (%d) must differ from ports.grpc and ports.metrics" (int .Values.ports.rest)) }}
+{{- end }}
+{{- end }}
+{{- if .Values.kserve.enabled }}
+{{- range $key, $why := dict "autoscaling" "KServe scales the predictor: use kserve.minReplicas / kserve.maxReplicas" "keda" "KServe scales the predictor: use kserve.minReplicas / kserve.maxReplicas" "serviceMonitor" "KServe names the predictor's Service: scrape the pods (prometheus.kserve.io annotations) or add a PodMonitor" }}
+{{- if (get $.Values $key).enabled }}
+{{- fail (printf "kserve.enabled: turn %s.enabled off (%s)" $key $why) }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.mode "sidecar" }}
+{{- fail "kserve.enabled needs mode standalone: KServe runs gradsentry as the model's predictor" }}
+{{- end }}
+{{- if gt (int .Values.kserve.minReplicas) (int .Values.kserve.maxReplicas) }}
+{{- fail (printf "kserve.minReplicas (%d) must not exceed kserve.maxReplicas (%d)" (int .Values.kserve.minReplicas) (int .Values.kserve.maxReplicas)) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
 {{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both (null the other)" }}
 {{- end }}
@@ -167,11 +202,11 @@ ports, mounted TLS and token files, the GPU device). Setting an owned key in `co
 {{- end }}
 {{- if eq .Values.mode "sidecar" }}
 {{- range .Values.modelServer.ports }}
-{{- if has .name (list "grpc" "metrics") }}
+{{- if has .name (list "grpc" "metrics" "rest") }}
 {{- fail (printf "modelServer.ports: the name %q is gradsentry's; pick another" .name) }}
 {{- end }}
-{{- if has (int .containerPort) (list (int $.Values.ports.grpc) (int $.Values.ports.metrics)) }}
-{{- fail (printf "modelServer.ports: port %d is gradsentry's (ports.grpc / ports.metrics); pick another" (int .containerPort)) }}
+{{- if has (int .containerPort) (list (int $.Values.ports.grpc) (int $.Values.ports.metrics) (int (default 0 $.Values.ports.rest))) }}
+{{- fail (printf "modelServer.ports: port %d is gradsentry's (ports.grpc / ports.metrics / ports.rest); pick another" (int .containerPort)) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -215,4 +250,56 @@ exec:
     - --timeout
     - {{ .probe.timeoutSeconds | default 2 | quote }}
 {{ include "gradsentry.probeTiming" .probe }}
+{{- end }}
+
+{{/* True (non-empty) when KServe runs the pods (no Deployment, Service, PDB or autoscaler). */}}
+{{- define "gradsentry.kserve" -}}
+{{- if .Values.kserve.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The InferenceService's name: KServe's pods and Services, and the OIP model, are named after it. */}}
+{{- define "gradsentry.inferenceServiceName" -}}
+{{- .Values.kserve.inferenceServiceName | default (include "gradsentry.fullname" .) }}
+{{- end }}
+
+{{/* Labels of the gradsentry pods: the chart's own, or those KServe gives a predictor's pods. */}}
+{{- define "gradsentry.podSelector" -}}
+{{- if .Values.kserve.enabled }}
+serving.kserve.io/inferenceservice: {{ include "gradsentry.inferenceServiceName" . }}
+component: predictor
+{{- else }}
+{{- include "gradsentry.selectorLabels" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The gradsentry container's startup, liveness and readiness probes: the kubelet's native gRPC
+probes on the health service, or with TLS `gradsentry health` run in the container.
+*/}}
+{{- define "gradsentry.probes" -}}
+{{- if .Values.tls.enabled }}
+# The kubelet's gRPC probes speak plaintext only: with TLS the same health checks
+# run as `gradsentry health` in the container (NOT_SERVING while warming up or
+# draining fails them, as with the gRPC probes).
+startupProbe:
+  {{- include "gradsentry.tlsHealthProbe" (dict "root" $ "service" "" "probe" .Values.probes.startup) | trim | nindent 2 }}
+livenessProbe:
+  {{- include "gradsentry.tlsHealthProbe" (dict "root" $ "service" "" "probe" .Values.probes.liveness) | trim | nindent 2 }}
+readinessProbe:
+  {{- include "gradsentry.tlsHealthProbe" (dict "root" $ "service" .Values.probes.readiness.service "probe" .Values.probes.readiness) | trim | nindent 2 }}
+{{- else }}
+startupProbe:
+  grpc:
+    port: {{ .Values.ports.grpc }}
+  {{- include "gradsentry.probeTiming" .Values.probes.startup | nindent 2 }}
+livenessProbe:
+  grpc:
+    port: {{ .Values.ports.grpc }}
+  {{- include "gradsentry.probeTiming" .Values.probes.liveness | nindent 2 }}
+readinessProbe:
+  grpc:
+    port: {{ .Values.ports.grpc }}
+    service: {{ .Values.probes.readiness.service | quote }}
+  {{- include "gradsentry.probeTiming" .Values.probes.readiness | nindent 2 }}
+{{- end }}
 {{- end }}
