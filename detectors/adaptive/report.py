@@ -184,6 +184,8 @@ def run_report(setup: AttackSetup, cfg: ReportConfig, progress: bool = False) ->
         "n": len(images),
         "clean_accuracy": float((clean_preds == labels).mean()),
         "target_fpr": target_fpr,
+        # Which bundle was attacked: a refitted bundle needs a fresh report.
+        "bundle": {k: manifest[k] for k in ("created", "model_fingerprint", "threshold")},
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
         "detectors": detectors,
         "results": results,
