@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from detectors.adaptive.onnx_torch import OnnxHead
 from detectors.bundle import Bundle, _read_head
 from detectors.detector import attribution
+from detectors.detector.transform import LogTransform
 
 # Probabilities are clipped here before a log; float64 sigmoids of the heads' scores stay
 # far above it (a head would need a raw score beyond ±700).
@@ -63,41 +64,54 @@ COMBINE: dict[str, Combine] = {
 class TorchDetector(nn.Module):
     """Raw features float64 [N, F] -> (P(challenging) [N], log-odds [N]), differentiable.
 
-    Attributes: ``threshold`` (P ≥ threshold is flagged), ``logit_threshold`` (the same
-    threshold on the log-odds).
+    Args:
+        heads: {head name: ONNX bytes}, as a bundle stores them (an attribution head, if
+            present, is ignored: it names kinds, it does not decide the flag).
+        transform: the bundle's ``LogTransform``.
+        strategy: name with a torch twin in ``COMBINE``.
+        kinds: the fitted kinds, in the bundle's order.
+        threshold: P ≥ threshold is flagged.
+
+    Attributes: ``threshold``, ``logit_threshold`` (the same threshold on the log-odds).
     """
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(
+        self,
+        heads: Mapping[str, bytes],
+        transform: LogTransform,
+        strategy: str,
+        kinds: Sequence[str],
+        threshold: float,
+    ) -> None:
         super().__init__()
-        manifest = bundle.manifest
-        strategy = manifest["strategy"]
         if strategy not in COMBINE:
             raise ValueError(
                 f"strategy {strategy!r} has no torch twin here (known: {sorted(COMBINE)})"
             )
         self.combine = COMBINE[strategy]
-        self.kinds = tuple(manifest["kinds"])
-        transform = bundle.detector.transform_
-        mask = transform.log_columns
-        self.log_columns = torch.from_numpy(
-            np.ones(bundle.detector.n_features_in_, bool) if mask is None else mask.copy()
+        self.kinds = tuple(kinds)
+        self.heads = nn.ModuleDict(
+            {name: OnnxHead(data, name) for name, data in heads.items() if name != attribution.HEAD}
+        )
+        self.log_columns = (
+            None if transform.log_columns is None else torch.from_numpy(transform.log_columns)
         )
         self.floor = transform.floor
-        self.heads = nn.ModuleDict(
-            {
-                name: OnnxHead(_read_head(bundle.path, name, entry), name)
-                for name, entry in manifest["heads"].items()
-                if name != attribution.HEAD  # kind attribution does not decide the flag
-            }
-        )
-        self.threshold = float(manifest["threshold"])
+        self.threshold = float(threshold)
         t = min(max(self.threshold, _TINY), 1.0 - 1e-16)
         self.logit_threshold = float(np.log(t) - np.log1p(-t))
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> TorchDetector:
+        """The copy of a loaded bundle's H, its heads read (and sha256-checked) again."""
+        m = bundle.manifest
+        heads = {name: _read_head(bundle.path, name, entry) for name, entry in m["heads"].items()}
+        return cls(heads, bundle.detector.transform_, m["strategy"], m["kinds"], m["threshold"])
 
     def transform(self, feats: Tensor) -> Tensor:
         """The bundle's ``LogTransform``: log(max(x, floor)) on the marked columns."""
         logged = feats.clamp_min(self.floor).log()
-        return torch.where(self.log_columns, logged, feats)
+        return logged if self.log_columns is None else torch.where(self.log_columns, logged, feats)
 
     def forward(self, feats: Tensor) -> tuple[Tensor, Tensor]:
         xt = self.transform(feats.double())

@@ -47,8 +47,8 @@ class ReportConfig:
 
     n: int = 500
     eps: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
-    steps: int = 40
-    lambdas: tuple[float | None, ...] = (None, 0.1, 1.0)
+    steps: int = 20
+    lambdas: tuple[float | None, ...] = (0.1, 1.0)
     kappa: float = 1.0
     margin: float = 0.1
     step_factor: float = 2.5

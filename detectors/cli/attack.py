@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--lambdas",
         type=_lambdas,
         default=DEFAULTS.lambdas,
-        help="detector loss weights; 'selective' = one term at a time (default selective,0.1,1)",
+        help="detector loss weights; 'selective' = one term at a time (default 0.1,1)",
     )
     p.add_argument(
         "--detectors",

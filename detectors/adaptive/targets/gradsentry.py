@@ -25,7 +25,7 @@ class GradsentryTarget(AttackTarget):
     def prepare(self, setup: AttackSetup, target_fpr: float) -> Self:
         self.sentry = Sentry.load(setup.model, setup.bundle)
         self.features = TorchFeatures(self.sentry.extractor)
-        self.detector = TorchDetector(self.sentry.bundle)
+        self.detector = TorchDetector.from_bundle(self.sentry.bundle)
         self.threshold = self.detector.threshold
         return self
 
