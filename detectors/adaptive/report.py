@@ -18,6 +18,7 @@ and never below the oblivious attack by construction.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -103,8 +104,16 @@ def outcome(
     }
 
 
-def run_report(setup: AttackSetup, cfg: ReportConfig, progress: bool = False) -> dict[str, Any]:
-    """Run every attack on ``setup``; the JSON-able report (see ``FORMAT_VERSION``)."""
+def run_report(
+    setup: AttackSetup,
+    cfg: ReportConfig,
+    progress: bool = False,
+    partial: Path | None = None,
+) -> dict[str, Any]:
+    """Run every attack on ``setup``; the JSON-able report (see ``FORMAT_VERSION``).
+
+    partial: where to write the report so far after each ε (a long run that is stopped
+    keeps its finished radii), removed once the report is complete."""
     model = setup.model
     manifest = load_bundle(setup.bundle).manifest
     target_fpr = float(manifest["target_fpr"])
@@ -177,6 +186,23 @@ def run_report(setup: AttackSetup, cfg: ReportConfig, progress: bool = False) ->
                     **outcome(target, clean[name], labels, preds, scores),
                 }
             )
+        if partial is not None:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            head = _header(setup, cfg, images, labels, clean_preds, target_fpr, manifest)
+            body = {**head, "detectors": detectors, "results": results}
+            partial.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+    if partial is not None:
+        partial.unlink(missing_ok=True)
+    return {
+        **_header(setup, cfg, images, labels, clean_preds, target_fpr, manifest),
+        "detectors": detectors,
+        "results": results,
+        "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _header(setup, cfg, images, labels, clean_preds, target_fpr, manifest) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "demo": setup.name,
@@ -187,10 +213,6 @@ def run_report(setup: AttackSetup, cfg: ReportConfig, progress: bool = False) ->
         # Which bundle was attacked: a refitted bundle needs a fresh report.
         "bundle": {k: manifest[k] for k in ("created", "model_fingerprint", "threshold")},
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
-        "detectors": detectors,
-        "results": results,
-        "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
-        "torch_threads": torch.get_num_threads(),
     }
 
 

@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     if cfg.n > len(setup.test.images):
         raise CliError(f"--n {cfg.n}: the {args.demo} test split has {len(setup.test.images)}")
     start = time.perf_counter()
-    report = run_report(setup, cfg, progress=not args.quiet)
+    partial = json_path.with_suffix(".partial.json")
+    report = run_report(setup, cfg, progress=not args.quiet, partial=partial)
     report["command"] = _command(args, cfg)
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     problems = check_report(report)
