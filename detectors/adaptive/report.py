@@ -202,7 +202,16 @@ def run_report(
     }
 
 
-def _header(setup, cfg, images, labels, clean_preds, target_fpr, manifest) -> dict[str, Any]:
+def _header(
+    setup: AttackSetup,
+    cfg: ReportConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    clean_preds: np.ndarray,
+    target_fpr: float,
+    manifest: dict[str, Any],
+) -> dict[str, Any]:
+    """The report's fields that do not depend on the attacks' outcomes."""
     return {
         "format_version": FORMAT_VERSION,
         "demo": setup.name,
