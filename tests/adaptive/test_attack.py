@@ -9,6 +9,7 @@ detector at all.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,40 @@ def test_bad_options_are_one_line_and_exit_2(argv, message, capsys, tmp_path) ->
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err, err
     assert not out.exists()
+
+
+def test_a_demo_data_set_entry_becomes_an_attack_setup(sample_digits, demo_sentry) -> None:
+    # The shape of a ``gradsentry demo`` data set entry: any such entry is known to
+    # ``gradsentry attack`` by its name, without a file of its own.
+    from types import SimpleNamespace
+
+    from detectors.adaptive.demos import available_demos
+    from detectors.adaptive.demos.registry import from_dataset
+    from detectors.adaptive.setup import Labelled
+    from detectors.demo import ARTIFACTS
+
+    images, labels = sample_digits
+    seen = []
+
+    def load_splits(path):
+        seen.append(path)
+        return {
+            "classifier": Labelled(images[:32], labels[:32]),
+            "detector": Labelled(images[32:48], labels[32:48]),
+            "test": Labelled(images[48:], labels[48:]),
+        }
+
+    entry = SimpleNamespace(
+        name="toy",
+        title="Toy digits",
+        default_data="toy.npz",
+        artifacts=ARTIFACTS,
+        load_splits=load_splits,
+        load_model=lambda: demo_sentry.extractor.model,
+    )
+    setup = from_dataset(entry, None)
+    assert seen == [Path("toy.npz")]
+    assert setup.name == "toy" and setup.bundle == ARTIFACTS / "bundle"
+    assert len(setup.test.images) == 16 and len(setup.calibration.images) == 16
+    np.testing.assert_array_equal(setup.baseline_fit.labels, labels[:32])
+    assert "mnist" in available_demos()
