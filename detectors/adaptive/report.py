@@ -48,7 +48,7 @@ class ReportConfig:
 
     n: int = 500
     eps: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
-    steps: int = 20
+    steps: int = 40
     lambdas: tuple[float | None, ...] = (0.1, 1.0)
     kappa: float = 1.0
     margin: float = 0.1
