@@ -1,4 +1,5 @@
-"""The library's offline subcommands (``fit``, ``eval``, ``demo``, ``bench``), by name.
+"""The library's offline subcommands (``fit``, ``eval``, ``demo``, ``attack``, ``bench``),
+by name.
 
 Each lives in its own module and is imported only when chosen (``detectors.cli.commands``).
 """
@@ -15,6 +16,10 @@ COMMANDS: dict[str, Command] = {
     "fit": Command("detectors.cli.fit", "fit the detector H and write a bundle"),
     "eval": Command("detectors.cli.evaluate", "evaluate a bundle against named challenge sets"),
     "demo": Command("detectors.cli.demo", "rebuild or evaluate the bundled MNIST demo"),
+    "attack": Command(
+        "detectors.cli.attack",
+        "adaptive-attack report: PGD that knows the detector, against gradsentry and baselines",
+    ),
     "bench": Command(
         "detectors.cli.bench", "measure probe cost against a forward pass, vmap and a loop"
     ),

@@ -15,7 +15,7 @@ import pytest
 from detectors.cli import main
 from detectors.cli.main import build_parser
 
-LIBRARY_COMMANDS = ("fit", "eval", "demo", "bench")
+LIBRARY_COMMANDS = ("fit", "eval", "demo", "attack", "bench")
 
 
 def _console_script() -> Callable[[list[str]], int]:
