@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 from detectors.demo import ARTIFACTS  # noqa: E402
 from service._proto.gradsentry.v1 import reliability_pb2 as pb  # noqa: E402
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc  # noqa: E402
-from service.batcher import COMPUTE_STAGES  # noqa: E402
+from service.engine.batcher import COMPUTE_STAGES  # noqa: E402
 from service.event_loop import new_loop  # noqa: E402
 
 MAX_DURATION = 300.0  # seconds per mode: the run is bounded whatever is asked

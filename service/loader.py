@@ -19,8 +19,8 @@ from detectors.probe.registry import ProbeError
 from detectors.sentry import Sentry
 from service import models
 from service.config import ServerConfig
+from service.engine.pipeline import Pipeline
 from service.models import LoadedModel, ModelLoadError
-from service.pipeline import Pipeline
 from service.spec import SpecError
 
 __all__ = ["ModelLoadError", "build_pipeline", "load_model", "resolve_device"]

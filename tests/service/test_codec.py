@@ -1,4 +1,5 @@
-"""service.codec against specs other than the demo's (RGB, other ranges, normalisation)."""
+"""Decoding (service.dataplane.codec, the gradsentry.v1 codec) against specs other than the
+demo's (RGB, other ranges, normalisation)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 from PIL import Image
 
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
-from service.codec import CodecError, decode
+from service.dataplane.codec import CodecError
 from service.spec import InputSpec, SpecError
+from service.transport.grpc_v1.codec import decode
 
 RGB = InputSpec(shape=(3, 4, 5), value_range=(-1.0, 1.0), mean=(0.0, 0.5, -0.5), std=(1, 2, 4))
 
