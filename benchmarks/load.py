@@ -95,6 +95,10 @@ class Outcome:
     model_busy: float = float("nan")
     switches_per_call: float = float("nan")
     calls_made: int = 0  # warm-up included
+    # CPU milliseconds the server process alone (gRPC, decoding, batching: not the model
+    # worker) spent per call made: the transport's own cost, which contention from other
+    # work on the machine moves far less than requests/s (Linux).
+    front_cpu_ms_per_call: float = float("nan")
 
 
 def free_port() -> int:
@@ -137,11 +141,11 @@ def process_tree(pid: int) -> list[int]:
     return [pid, *(p for c in children for p in process_tree(c))]
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` and its live children used so far
-    (Linux; NaN elsewhere)."""
+def process_cpu(pid: int, tree: bool = True) -> float:
+    """CPU seconds (user + system) process ``pid`` and (``tree``) its live children used so
+    far (Linux; NaN elsewhere)."""
     total = 0.0
-    for p in process_tree(pid):
+    for p in process_tree(pid) if tree else [pid]:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -468,9 +472,11 @@ def measure(name: str, pid: int, run: Callable[[], Outcome]) -> Outcome:
     """``run()``'s outcome named ``name``, with the CPU that process ``pid`` and its
     children (a model worker, TorchServe's workers) and the whole machine used meanwhile."""
     cpu0, machine0, t0 = process_cpu(pid), machine_cpu(), time.monotonic()
+    front0 = process_cpu(pid, tree=False)
     switches0 = process_switches(pid)
     outcome = run()
     switches1 = process_switches(pid)
+    front1 = process_cpu(pid, tree=False)
     cpu1, machine1, t1 = process_cpu(pid), machine_cpu(), time.monotonic()
     # Cores in use on average: busy CPU seconds over wall seconds (whole machine: busy
     # share of all CPU time times the number of CPUs).
@@ -483,6 +489,7 @@ def measure(name: str, pid: int, run: Callable[[], Outcome]) -> Outcome:
         machine_cpu_cores=machine,
         # Warm-up calls switch threads too: per call started in the whole run.
         switches_per_call=(switches1 - switches0) / max(outcome.calls_made, 1),
+        front_cpu_ms_per_call=1000 * (front1 - front0) / max(outcome.calls_made, 1),
     )
 
 
@@ -554,13 +561,17 @@ def report(
     (described as ``what``); write ``--json``; the exit code ``--check`` asks for."""
     width = max(len(name) for name in runs) + 2
     header = f"{'':<{width}}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'batch':>7}"
-    print(f"\n{header}{'server CPU':>12}{'machine CPU':>13}{'model busy':>12}{'switches':>10}")
+    print(
+        f"\n{header}{'server CPU':>12}{'machine CPU':>13}{'model busy':>12}{'switches':>10}"
+        f"{'front ms/call':>15}"
+    )
     for outcomes in runs.values():
         for r in outcomes:
             print(
                 f"{r.mode:<{width}}{r.requests_per_second:>9.1f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
                 f"{r.errors:>8d}{r.mean_batch_size:>7.1f}{r.server_cpu_cores:>12.2f}"
                 f"{r.machine_cpu_cores:>13.2f}{r.model_busy:>12.0%}{r.switches_per_call:>10.1f}"
+                f"{r.front_cpu_ms_per_call:>15.3f}"
             )
             if r.error_codes:
                 print(f"{'':<{width}}errors by code: {r.error_codes}")

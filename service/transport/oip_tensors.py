@@ -51,6 +51,8 @@ NUMPY_OF = {
     "INT64": np.dtype("<i8"),
 }
 FEATURES = "gradsentry_features"
+# The typed-contents field (gRPC) of each input datatype.
+TYPED_FIELD = {"FP32": "fp32_contents", "FP64": "fp64_contents"}
 
 
 class ModelNotFoundError(NotFoundError):
@@ -95,7 +97,12 @@ class OutputTensor:
 
 
 def _rows(values: Callable[[Result], Any], dtype: Any) -> Callable[[Sequence[Result]], np.ndarray]:
-    return lambda results: np.asarray([values(r) for r in results], dtype=dtype)
+    def take(results: Sequence[Result]) -> np.ndarray:
+        if len(results) == 1:  # the usual call: one input
+            return np.asarray(values(results[0]), dtype=dtype)[None]
+        return np.asarray([values(r) for r in results], dtype=dtype)
+
+    return take
 
 
 OUTPUTS: dict[str, OutputSpec] = {
@@ -247,13 +254,10 @@ def decode_input(tensor: InputTensor, spec: InputSpec, max_rows: int) -> np.ndar
     return finish(from_wire(raw.reshape(n, *spec.shape), spec), spec)
 
 
-_TYPED_FIELD = {"FP32": "fp32_contents", "FP64": "fp64_contents"}
-
-
 def typed_values(tensor: InputTensor, wire: np.dtype, count: int) -> np.ndarray:
     """Typed contents or JSON data -> a flat array of ``count`` values of ``wire``."""
     name = tensor.name
-    own = _TYPED_FIELD[tensor.datatype]
+    own = TYPED_FIELD[tensor.datatype]
     others = [f for f in tensor.typed_fields if f != own]
     if others:
         raise CodecError(

@@ -13,6 +13,7 @@ when the server starts, so they answer UNIMPLEMENTED.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import math
 
@@ -49,21 +50,30 @@ def input_tensors(request: pb.ModelInferRequest) -> list[oip.InputTensor]:
         )
     tensors = []
     for i, t in enumerate(request.inputs):
-        typed = tuple(f for f in _TYPED if len(getattr(t.contents, f)))
+        shape = tuple(t.shape)
+        if raw:  # the usual case (tritonclient): any contents at all is a second copy
+            typed = ("contents",) if t.HasField("contents") else ()
+            tensors.append(oip.InputTensor(t.name, t.datatype, shape, raw[i], None, typed))
+            continue
+        contents = t.contents
+        typed = tuple(f for f in _TYPED if len(getattr(contents, f)))
         values = None
-        if not raw and t.datatype in ("FP32", "FP64"):
-            values = t.contents.fp32_contents if t.datatype == "FP32" else t.contents.fp64_contents
-        tensors.append(
-            oip.InputTensor(
-                name=t.name,
-                datatype=t.datatype,
-                shape=tuple(int(d) for d in t.shape),
-                raw=raw[i] if raw else None,
-                values=values,
-                typed_fields=typed,
-            )
-        )
+        if t.datatype in oip.TYPED_FIELD:
+            values = getattr(contents, oip.TYPED_FIELD[t.datatype])
+        tensors.append(oip.InputTensor(t.name, t.datatype, shape, None, values, typed))
     return tensors
+
+
+@functools.lru_cache(maxsize=256)
+def response_template(
+    outputs: tuple[tuple[str, str, tuple[int, ...]], ...],
+) -> pb.ModelInferResponse:
+    """A response holding the outputs' metadata, (name, datatype, shape) each: built once
+    per kind of call, as copying it is cheaper than filling it in every time."""
+    response = pb.ModelInferResponse(model_version=oip.MODEL_VERSION)
+    for name, datatype, shape in outputs:
+        response.outputs.add(name=name, datatype=datatype, shape=shape)
+    return response
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -124,10 +134,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             [tensor], lambda t: oip.decode_input(t, spec, most), nbytes=nbytes
         )
         results = await plane.score(list(batch[:, None]), grpc_calls.timeout(context))
-        response = pb.ModelInferResponse(
-            model_name=plane.model_name, model_version=oip.MODEL_VERSION, id=request.id
+        outputs = oip.outputs(results, chosen)
+        response = pb.ModelInferResponse()
+        response.CopyFrom(
+            response_template(tuple((o.name, o.datatype, tuple(o.shape)) for o in outputs))
         )
-        for out in oip.outputs(results, chosen):
-            response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-            response.raw_output_contents.append(oip.raw_bytes(out))
+        response.model_name, response.id = plane.model_name, request.id
+        response.raw_output_contents.extend(oip.raw_bytes(out) for out in outputs)
         return response
