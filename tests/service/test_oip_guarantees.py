@@ -16,6 +16,7 @@ import re
 import signal
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +34,17 @@ from tritonclient.utils import InferenceServerException
 from detectors.sentry import Sentry
 from service._proto.inference import grpc_predict_v2_pb2 as oip_pb
 from service._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from service.config import ConfigError, build_config
 from service.server import SentryServer
-from tests.servers import WAIT, ServerProcess, demo_server, serve_process
+from tests.servers import (
+    ROOT,
+    WAIT,
+    ServerProcess,
+    demo_server,
+    serve_process,
+    server_env,
+    write_config,
+)
 from tests.service.test_security import TOKEN, Pki, pki, token_file  # noqa: F401 - fixtures
 
 MODEL = "gradsentry"
@@ -308,3 +318,47 @@ def test_oip_over_rest_needs_tls_and_the_token_but_probes_do_not(
         assert reply.as_numpy("gradsentry_flagged").dtype == np.bool_
     finally:
         client.close()
+
+
+def test_serve_rest_port_flag_turns_rest_on(tmp_path: Path) -> None:
+    """``gradsentry serve --rest-port 0``: REST on a free port, the health probe open."""
+    config = write_config(tmp_path)
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--config", str(config),
+             "--rest-port", "0"],
+            cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + WAIT
+        while not (match := _REST_LINE.search(log_path.read_text(errors="replace"))):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=WAIT)
+        while True:  # REST listens before the warm-up ends: not ready (503) until then
+            conn.request("GET", "/v2/health/ready")
+            reply = conn.getresponse()
+            body = json.loads(reply.read())
+            if reply.status == 200:
+                break
+            assert (reply.status, body) == (503, {"ready": False})
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert body == {"ready": True}
+        conn.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+
+
+def test_rest_and_model_name_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="rest_port: must be a port number"):
+        build_config({"rest_port": 70000})
+    with pytest.raises(ConfigError, match="model_name: must be non-empty"):
+        build_config({"model_name": "a/b"})
+    config = build_config({"rest_enabled": True, "rest_port": 0, "model_name": "digits"})
+    assert (config.rest_enabled, config.rest_port, config.model_name) == (True, 0, "digits")
