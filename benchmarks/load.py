@@ -96,8 +96,8 @@ class Outcome:
     switches_per_call: float = float("nan")
     calls_made: int = 0  # warm-up included
     # CPU milliseconds the server process alone (gRPC, decoding, batching: not the model
-    # worker) spent per call made: the transport's own cost, which contention from other
-    # work on the machine moves far less than requests/s (Linux).
+    # worker) spent per call made: the transport's own cost, to compare side by side
+    # (Linux).
     front_cpu_ms_per_call: float = float("nan")
 
 
