@@ -12,8 +12,15 @@ and the CPU the server process and the whole machine used (Linux) for both modes
 ratio of their requests/s. ``--rounds N`` alternates the modes N times and reports
 medians: on a shared machine other work skews any single run.
 
+``--rpc oip`` compares transports instead of batching modes: both modes batch, one drives
+the Open Inference Protocol's ``ModelInfer`` over gRPC (raw_input_contents, the inputs
+tritonclient sends, on the generated stubs), the other gradsentry.v1 ``Check``, with the
+same inputs; the ratio is OIP over v1 (``--check`` target 0.9 unless ``--target`` says
+otherwise).
+
     python benchmarks/load.py [--clients 16] [--duration 20] [--rounds 1] [--json FILE]
-                              [--rpc check|stream] [--check] [--model demo|efficientnet-lite0]
+                              [--rpc check|stream|oip] [--check]
+                              [--model demo|efficientnet-lite0]
 
 ``--model efficientnet-lite0`` serves the pretrained ImageNet example instead
 (``detectors.examples.efficientnet``: eager factory + state dict, its smoke-test bundle,
@@ -56,7 +63,9 @@ sys.path.insert(0, str(ROOT))
 from detectors.demo import ARTIFACTS  # noqa: E402
 from service._proto.gradsentry.v1 import reliability_pb2 as pb  # noqa: E402
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc  # noqa: E402
-from service.batcher import COMPUTE_STAGES  # noqa: E402
+from service._proto.inference import grpc_predict_v2_pb2 as oip_pb  # noqa: E402
+from service._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc  # noqa: E402
+from service.engine.batcher import COMPUTE_STAGES  # noqa: E402
 from service.event_loop import new_loop  # noqa: E402
 
 MAX_DURATION = 300.0  # seconds per mode: the run is bounded whatever is asked
@@ -86,6 +95,10 @@ class Outcome:
     model_busy: float = float("nan")
     switches_per_call: float = float("nan")
     calls_made: int = 0  # warm-up included
+    # CPU milliseconds the server process alone (gRPC, decoding, batching: not the model
+    # worker) spent per call made: the transport's own cost, to compare side by side
+    # (Linux).
+    front_cpu_ms_per_call: float = float("nan")
 
 
 def free_port() -> int:
@@ -128,11 +141,11 @@ def process_tree(pid: int) -> list[int]:
     return [pid, *(p for c in children for p in process_tree(c))]
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` and its live children used so far
-    (Linux; NaN elsewhere)."""
+def process_cpu(pid: int, tree: bool = True) -> float:
+    """CPU seconds (user + system) process ``pid`` and (``tree``) its live children used so
+    far (Linux; NaN elsewhere)."""
     total = 0.0
-    for p in process_tree(pid):
+    for p in process_tree(pid) if tree else [pid]:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -343,9 +356,30 @@ def stream_calls(requests: list[pb.CheckRequest]) -> Calls:
     return lambda channel: StreamCaller(channel, requests)
 
 
+def infer_request(request: pb.CheckRequest) -> oip_pb.ModelInferRequest:
+    """A FLOAT32 CheckRequest's input as an OIP ModelInferRequest with raw contents."""
+    infer = oip_pb.ModelInferRequest(model_name="gradsentry")
+    infer.inputs.add(name="input", datatype="FP32", shape=[1, *request.tensor.shape])
+    infer.raw_input_contents.append(request.tensor.data)
+    return infer
+
+
+def oip_calls(requests: list[pb.CheckRequest]) -> Calls:
+    """Clients calling the OIP's ModelInfer on ``requests`` in turn (every default output:
+    logits, probabilities, score, flagged, kind)."""
+    infers = [infer_request(r) for r in requests]
+
+    def bind(channel: grpc.aio.Channel) -> Callable[[int], Awaitable[object]]:
+        infer = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        return lambda i: infer(infers[i % len(infers)], timeout=30)
+
+    return bind
+
+
 RPC_CALLS: dict[str, Callable[[list[pb.CheckRequest]], Calls]] = {
     "check": check_calls,
     "stream": stream_calls,
+    "oip": oip_calls,
 }
 
 
@@ -438,9 +472,11 @@ def measure(name: str, pid: int, run: Callable[[], Outcome]) -> Outcome:
     """``run()``'s outcome named ``name``, with the CPU that process ``pid`` and its
     children (a model worker, TorchServe's workers) and the whole machine used meanwhile."""
     cpu0, machine0, t0 = process_cpu(pid), machine_cpu(), time.monotonic()
+    front0 = process_cpu(pid, tree=False)
     switches0 = process_switches(pid)
     outcome = run()
     switches1 = process_switches(pid)
+    front1 = process_cpu(pid, tree=False)
     cpu1, machine1, t1 = process_cpu(pid), machine_cpu(), time.monotonic()
     # Cores in use on average: busy CPU seconds over wall seconds (whole machine: busy
     # share of all CPU time times the number of CPUs).
@@ -453,6 +489,7 @@ def measure(name: str, pid: int, run: Callable[[], Outcome]) -> Outcome:
         machine_cpu_cores=machine,
         # Warm-up calls switch threads too: per call started in the whole run.
         switches_per_call=(switches1 - switches0) / max(outcome.calls_made, 1),
+        front_cpu_ms_per_call=1000 * (front1 - front0) / max(outcome.calls_made, 1),
     )
 
 
@@ -524,13 +561,17 @@ def report(
     (described as ``what``); write ``--json``; the exit code ``--check`` asks for."""
     width = max(len(name) for name in runs) + 2
     header = f"{'':<{width}}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'batch':>7}"
-    print(f"\n{header}{'server CPU':>12}{'machine CPU':>13}{'model busy':>12}{'switches':>10}")
+    print(
+        f"\n{header}{'server CPU':>12}{'machine CPU':>13}{'model busy':>12}{'switches':>10}"
+        f"{'front ms/call':>15}"
+    )
     for outcomes in runs.values():
         for r in outcomes:
             print(
                 f"{r.mode:<{width}}{r.requests_per_second:>9.1f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
                 f"{r.errors:>8d}{r.mean_batch_size:>7.1f}{r.server_cpu_cores:>12.2f}"
                 f"{r.machine_cpu_cores:>13.2f}{r.model_busy:>12.0%}{r.switches_per_call:>10.1f}"
+                f"{r.front_cpu_ms_per_call:>15.3f}"
             )
             if r.error_codes:
                 print(f"{'':<{width}}errors by code: {r.error_codes}")
@@ -555,13 +596,14 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_load_arguments(parser, "mode", target=3.0)
+    add_load_arguments(parser, "mode", target=0.0)
     parser.add_argument(
         "--rpc",
         choices=sorted(RPC_CALLS),
         default="check",
         help="what each client calls: one Check per request, or one CheckStream per client "
-        "with one request out at a time (check)",
+        "with one request out at a time, or OIP ModelInfer against Check, both batching "
+        "(check)",
     )
     parser.add_argument(
         "--model",
@@ -571,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     check_load_arguments(parser, args)
+    if args.target == 0.0:  # not given: each comparison's own bar
+        args.target = 0.9 if args.rpc == "oip" else 3.0
 
     common = {
         "max_workers": max(64, 4 * args.clients),
@@ -590,7 +634,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.model == "efficientnet-lite0":
             model_settings, requests = efficientnet_setup(Path(tmp))
             modes = {mode: {**model_settings, **s} for mode, s in modes.items()}
-        calls = RPC_CALLS[args.rpc](requests)
+        calls = {mode: RPC_CALLS[args.rpc](requests) for mode in modes}
+        if args.rpc == "oip":  # transports side by side, both batching
+            on = modes["batching on"]
+            modes = {"oip ModelInfer": on, "v1 Check": on}
+            calls = {"oip ModelInfer": oip_calls(requests), "v1 Check": check_calls(requests)}
+            runs = {mode: [] for mode in modes}
         for i in range(args.rounds):
             for mode, settings in modes.items():
                 shown = {k: v for k, v in settings.items() if k != "labels"}
@@ -599,7 +648,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"({args.rpc}), {args.duration:g} s",
                     flush=True,
                 )
-                runs[mode].append(run_mode(mode, settings, args, Path(tmp), calls))
+                runs[mode].append(run_mode(mode, settings, args, Path(tmp), calls[mode]))
+    if args.rpc == "oip":
+        return report(runs, args, "oip ModelInfer", "v1 Check", "OIP ModelInfer / v1 Check")
     return report(runs, args, "batching on", "batching off", f"on / off ({args.rpc})")
 
 

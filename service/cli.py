@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from detectors.cli.commands import Command, build_parser, run
 from detectors.cli.main import COMMANDS as LIBRARY_COMMANDS
-from service import transport
+from service.transport import grpc_defaults as transport
 
 log = logging.getLogger("service.cli")
 

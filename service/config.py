@@ -89,6 +89,15 @@ class ServerConfig:
     # Address the plain-HTTP metrics endpoint binds; empty: ``host``. Set it apart when
     # gRPC is exposed with TLS and auth but metrics should stay on a private interface.
     metrics_host: str = ""
+    # The Open Inference Protocol over HTTP/REST (service.transport.oip_rest), off by
+    # default: on ``rest_host`` (empty: ``host``) and ``rest_port`` (0 picks a free port).
+    # OIP over gRPC is always served on ``port``, beside gradsentry.v1.
+    rest_enabled: bool = False
+    rest_host: str = ""
+    rest_port: int = 8080
+    # The model's name in the Open Inference Protocol (/v2/models/<name>, ModelInfer's
+    # model_name).
+    model_name: str = "gradsentry"
     # gRPC server reflection (grpcurl list/describe without the proto files); false turns
     # it off. It needs no token when auth is on.
     reflection: bool = True
@@ -96,8 +105,8 @@ class ServerConfig:
     max_delay_ms: float = 5.0
     # A batch that holds the size smaller batches are padded to anyway also leaves before
     # max_delay_ms when waiting would leave the model idle: at once when the model is idle,
-    # just before it should be free with a batch in flight (service.pacing); false: always
-    # wait the full delay for company.
+    # just before it should be free with a batch in flight (service.engine.pacing); false:
+    # always wait the full delay for company.
     dispatch_when_idle: bool = True
     queue_size: int = 256
     device: str = "auto"
@@ -123,10 +132,11 @@ class ServerConfig:
     input_std: tuple[float, ...] = ()
     labels: tuple[str, ...] = ()
     max_message_bytes: int = 16 * 1024 * 1024
-    # Unary Check / CheckBatch calls served at once (more are refused with RESOURCE_EXHAUSTED
-    # before their message is read; service.admission). Fewer than max_batch_size would cap
-    # how many calls can share a batch; leave headroom over the expected concurrent clients:
-    # a client's next call may arrive before its last one has been released.
+    # Unary calls (Check, CheckBatch, OIP ModelInfer over gRPC and REST together) served at
+    # once (more are refused with RESOURCE_EXHAUSTED / HTTP 429 before their message is read;
+    # service.dataplane.admission). Fewer than max_batch_size would cap how many calls can
+    # share a batch; leave headroom over the expected concurrent clients: a client's next
+    # call may arrive before its last one has been released.
     max_workers: int = 256
     # CheckStream calls open at once, and health Watch / reflection streams open at once
     # (these need no token when auth is on); each has its own budget, so that neither can
@@ -142,8 +152,8 @@ class ServerConfig:
     decode_workers: int = 2
     decode_budget_seconds: float = 2.0
     grace_seconds: float = 10.0
-    # "process": the model runs in a child process (service.worker), so gRPC handling and
-    # the model use separate cores; "inline": in the server process (simplest to debug).
+    # "process": the model runs in a child process (service.engine.worker), so gRPC handling
+    # and the model use separate cores; "inline": in the server process (simplest to debug).
     model_worker: str = "process"
     # With model_worker "process" (applied by `gradsentry serve`, which owns its process):
     # how much lower (Linux nice increment) the gRPC process's
@@ -170,7 +180,7 @@ class ServerConfig:
             raise ConfigError(
                 "tls_client_ca_file: mutual TLS needs TLS; set tls_cert_file and tls_key_file"
             )
-        for name in ("port", "metrics_port"):
+        for name in ("port", "metrics_port", "rest_port"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 raise ConfigError(f"{name}: must be a port number in 0..65535, got {value}")
@@ -193,6 +203,10 @@ class ServerConfig:
             raise ConfigError(
                 f"decode_budget_seconds: must be a finite number > 0, got "
                 f"{self.decode_budget_seconds}"
+            )
+        if not self.model_name or "/" in self.model_name or not self.model_name.isprintable():
+            raise ConfigError(
+                f"model_name: must be non-empty, printable and without '/', got {self.model_name!r}"
             )
         if self.model_worker not in MODEL_WORKERS:
             raise ConfigError(

@@ -11,6 +11,10 @@ class ClientError(ValueError):
     """The client's request is malformed (INVALID_ARGUMENT); the message says how."""
 
 
+class NotFoundError(ClientError):
+    """The call names something this server does not have, e.g. a model (NOT_FOUND)."""
+
+
 class QueueFullError(RuntimeError):
     """The server cannot take more work now (RESOURCE_EXHAUSTED)."""
 

@@ -2,7 +2,7 @@
 
 It runs in a daemon thread "grpc-loop", started on first use, shared by every server in
 the process (as grpc.aio expects) and by every model-worker pipeline, whose answers are
-read on it (``service.loop_reader``). Callers on other threads hand it coroutines with
+read on it (``service.engine.loop_reader``). Callers on other threads hand it coroutines with
 ``on_loop``.
 """
 

@@ -36,6 +36,7 @@ import grpc
 from service.errors import (
     ClientError,
     DrainingError,
+    NotFoundError,
     NotReadyError,
     QueueFullError,
     WorkerError,
@@ -45,6 +46,7 @@ from service.metrics import UNKNOWN_METHOD, Metrics
 log = logging.getLogger(__name__)
 
 STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (ClientError, grpc.StatusCode.INVALID_ARGUMENT),
     (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReadyError, grpc.StatusCode.FAILED_PRECONDITION),

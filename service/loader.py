@@ -19,9 +19,9 @@ from detectors.probe.registry import ProbeError
 from detectors.sentry import Sentry
 from service import models, numerics
 from service.config import ServerConfig
+from service.engine.pipeline import Pipeline
 from service.models import LoadedModel, ModelLoadError
 from service.models.common import sample_inputs
-from service.pipeline import Pipeline
 from service.spec import SpecError
 
 __all__ = ["ModelLoadError", "build_pipeline", "load_model", "resolve_device"]

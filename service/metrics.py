@@ -40,7 +40,7 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
 if TYPE_CHECKING:  # only for the annotation: metrics need no torch at import time
-    from service.pipeline import BasePipeline
+    from service.engine.pipeline import BasePipeline
 
 NAMESPACE = "gradsentry"
 STAGES: tuple[str, ...] = ("decode", "queue", "forward", "backward", "statistics", "detector")

@@ -10,8 +10,6 @@ at bind or handshake time. ``interceptors(config)`` gives the ``AuthInterceptor`
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import ssl
 from pathlib import Path
@@ -19,12 +17,12 @@ from pathlib import Path
 import grpc
 
 from service.config import ConfigError, ServerConfig
+from service.dataplane.auth import AUTH_KEY, BearerCheck
 from service.interceptors import Continuation, refusal
 
 log = logging.getLogger(__name__)
 
-AUTH_METADATA_KEY = "authorization"
-BEARER = "bearer"
+AUTH_METADATA_KEY = AUTH_KEY
 # Services reachable without a token: kubelet probes and API discovery must not need secrets.
 OPEN_SERVICES: frozenset[str] = frozenset(
     {
@@ -110,40 +108,22 @@ def read_token(path: str, key: str = "auth_token_file") -> str:
     return token
 
 
-def _digest(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).digest()
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED.
 
-    Calls to ``open_services`` (health, reflection) pass untouched. The comparison is
-    constant-time over SHA-256 digests, so neither the token's content nor its length
-    leaks through response timing.
+    Calls to ``open_services`` (health, reflection) pass untouched. The token is checked by
+    ``service.dataplane.auth.BearerCheck`` (constant-time), as for REST calls.
     """
 
     def __init__(self, token: str, open_services: frozenset[str] = OPEN_SERVICES) -> None:
         if not token:
             raise ValueError("AuthInterceptor needs a non-empty token")
-        self._expected = _digest(token)
+        self.check = BearerCheck(token)
         self.open_services = open_services
 
     def authorized(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
         """None if ``metadata`` carries the right bearer token, else why not."""
-        values = [v for k, v in metadata or () if k == AUTH_METADATA_KEY]
-        if not values:
-            return f"missing '{AUTH_METADATA_KEY}: Bearer <token>' metadata"
-        if len(values) > 1:
-            return f"more than one '{AUTH_METADATA_KEY}' metadata entry"
-        value = values[0]
-        if isinstance(value, bytes):
-            value = value.decode("latin-1")
-        scheme, _, token = value.strip().partition(" ")
-        if scheme.lower() != BEARER or not token.strip():
-            return f"'{AUTH_METADATA_KEY}' metadata must be 'Bearer <token>'"
-        if not hmac.compare_digest(_digest(token.strip()), self._expected):
-            return "invalid bearer token"
-        return None
+        return self.check.problem([v for k, v in metadata or () if k == AUTH_METADATA_KEY])
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails

@@ -7,13 +7,14 @@ worker is started right after the config is read, so that its imports overlap th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 
 from detectors.errors import ModelLoadError
-from service import transport
 from service.config import ConfigError, load_config
-from service.worker_launch import prestart
+from service.engine.worker_launch import prestart
+from service.transport import grpc_defaults as transport
 
 __all__ = ["USER_ERRORS", "add_arguments", "run"]
 
@@ -27,6 +28,13 @@ USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, ModelLoadError)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``serve``; sets ``run``."""
     p.add_argument("--config", metavar="FILE", help="YAML config; GRADSENTRY_* override it")
+    p.add_argument(
+        "--rest-port",
+        metavar="PORT",
+        type=int,
+        help="also serve the Open Inference Protocol over HTTP/REST on PORT (config: "
+        "rest_enabled, rest_port; 0 picks a free port)",
+    )
     p.set_defaults(run=run)
 
 
@@ -34,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT and the drain are done."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = load_config(args.config)  # light: YAML and the environment
+    if args.rest_port is not None:
+        config = dataclasses.replace(config, rest_enabled=True, rest_port=args.rest_port)
     if config.model_worker == "process":
         # The worker's imports (torch, the model, onnxruntime) overlap this process's own.
         prestart()

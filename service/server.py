@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,9 +35,12 @@ from prometheus_client import CollectorRegistry
 from detectors.errors import ModelLoadError
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
-from service.admission import AdmissionInterceptor, Limits
-from service.batcher import Batcher
+from service._proto.inference import grpc_predict_v2_pb2_grpc as oip_pb_grpc
 from service.config import ConfigError, ServerConfig, load_config
+from service.dataplane.admission import Admission, Limits
+from service.dataplane.plane import DataPlane
+from service.engine.batcher import Batcher
+from service.engine.worker import ProcessPipeline, start_pipeline
 from service.event_loop import event_loop, on_loop
 from service.interceptors import DecodeInterceptor, ErrorInterceptor, MetricsInterceptor
 from service.metrics import (
@@ -48,15 +51,20 @@ from service.metrics import (
     model_info,
 )
 from service.priority import lower_threads
-from service.security import OPEN_SERVICES, server_credentials
+from service.security import OPEN_SERVICES, read_token, server_credentials
 from service.security import interceptors as security_interceptors
-from service.servicer import ReliabilityServicer
-from service.worker import ProcessPipeline, start_pipeline
+from service.transport.grpc_admission import AdmissionInterceptor
+from service.transport.grpc_v1.servicer import ReliabilityServicer
+from service.transport.oip_grpc.servicer import SERVICE_NAME as OIP_SERVICE_NAME
+from service.transport.oip_grpc.servicer import InferenceServicer
+
+if TYPE_CHECKING:  # starlette and uvicorn load only when REST is on
+    from service.transport.oip_rest.server import RestServer
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reliability"].full_name
-HEALTH_NAMES = ("", SERVICE_NAME)
+HEALTH_NAMES = ("", SERVICE_NAME, OIP_SERVICE_NAME)
 DRAIN_POLL_SECONDS = 0.01
 # The drain stops gRPC only once no call has come in for this long: gRPC cancels calls it
 # has received but not yet handed over when it stops, and every call that comes in while
@@ -79,19 +87,20 @@ class SentryServer:
         self,
         grpc_server: grpc.aio.Server,
         health: health_aio.HealthServicer,
-        servicer: ReliabilityServicer,
-        admission: AdmissionInterceptor,
+        plane: DataPlane,
         port: int,
         metrics: Metrics | None = None,
         metrics_http: MetricsHTTPServer | None = None,
+        rest: RestServer | None = None,
     ) -> None:
         self.grpc_server = grpc_server
         self.health = health
-        self.servicer = servicer
-        self.admission = admission
+        self.plane = plane
+        self.admission = plane.admission
         self.port = port
         self.metrics = metrics
         self.metrics_http = metrics_http
+        self.rest = rest
         self._stopping = threading.Lock()
         self._stop_asked = False
         self._stopped = threading.Event()
@@ -100,6 +109,11 @@ class SentryServer:
     def metrics_port(self) -> int | None:
         """The bound port of the metrics endpoint (None when it is not served)."""
         return None if self.metrics_http is None else self.metrics_http.port
+
+    @property
+    def rest_port(self) -> int | None:
+        """The bound port of the OIP REST endpoint (None when it is not served)."""
+        return None if self.rest is None else self.rest.port
 
     def stop(self, grace: float | None) -> threading.Event:
         """Drain, then stop: NOT_SERVING for health checks and every new call refused with
@@ -159,10 +173,12 @@ class SentryServer:
         except Exception:  # stopping goes on: the batcher and the worker must still end
             log.exception("stopping gRPC failed")
         log.info("gRPC stopped")
-        self.servicer.decoder.shutdown(wait=False, cancel_futures=True)
-        batcher = self.servicer.batcher
-        batcher.close(drain=True)
-        batcher.pipeline.close()
+        if self.rest is not None:  # its calls were admitted with gRPC's: none is running
+            try:
+                self.rest.stop()
+            except Exception:
+                log.exception("stopping the REST server failed")
+        self.plane.close()
         if self.metrics_http is not None:  # last: it serves until the last call is counted
             self.metrics_http.stop()
         log.info("stopped")
@@ -175,7 +191,7 @@ class SentryServer:
 
 async def _build_grpc(
     config: ServerConfig,
-    servicer: ReliabilityServicer,
+    plane: DataPlane,
     interceptors: Sequence[grpc.aio.ServerInterceptor],
     credentials: grpc.ServerCredentials | None,
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int, str]:
@@ -184,7 +200,7 @@ async def _build_grpc(
     server = grpc.aio.server(
         interceptors=list(interceptors),
         # No maximum_concurrent_rpcs: it would count health checks with everything else.
-        # service.admission budgets calls by class, before their messages are read.
+        # service.dataplane.admission budgets calls by class, before their messages are read.
         options=[
             # A second server on the same port must fail to start, not share the port.
             ("grpc.so_reuseport", 0),
@@ -194,7 +210,8 @@ async def _build_grpc(
     )
     health_servicer = health_aio.HealthServicer()
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
-    pb_grpc.add_ReliabilityServicer_to_server(servicer, server)
+    pb_grpc.add_ReliabilityServicer_to_server(ReliabilityServicer(plane), server)
+    oip_pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
         reflection.enable_server_reflection(
@@ -259,22 +276,23 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
         metrics=metrics,
         dispatch_when_idle=config.dispatch_when_idle,
     )
-    servicer = ReliabilityServicer(
-        pipeline,
-        batcher,
-        decode_workers=config.decode_workers,
-        decode_budget_seconds=config.decode_budget_seconds,
-    )
-    servicer.metrics = metrics
-    admission = AdmissionInterceptor(
+    admission = Admission(
         Limits(
             max_workers=config.max_workers,
             max_streams=config.max_streams,
             max_open_streams=config.max_open_streams,
             stream_idle_seconds=config.stream_idle_seconds,
             stream_max_seconds=config.stream_max_seconds,
-        ),
-        open_services=OPEN_SERVICES,
+        )
+    )
+    plane = DataPlane(
+        pipeline,
+        batcher,
+        admission,
+        metrics=metrics,
+        decode_workers=config.decode_workers,
+        decode_budget_seconds=config.decode_budget_seconds,
+        model_name=config.model_name,
     )
     # Metrics outermost (every refusal is counted); auth before admission (a call without
     # a token takes no budget); errors mapped for admission's stream timeouts and every
@@ -283,12 +301,12 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
         MetricsInterceptor(metrics),
         *auth,
         ErrorInterceptor(),
-        admission,
+        AdmissionInterceptor(admission, open_services=OPEN_SERVICES),
         DecodeInterceptor(),
     ]
     known = channelz_server_ids()
     server, health_servicer, port, error = on_loop(
-        _build_grpc(config, servicer, interceptors, credentials)
+        _build_grpc(config, plane, interceptors, credentials)
     )
     ours = channelz_server_ids() - known
     if ours:  # gRPC's own call counts, refusals before any handler included
@@ -307,32 +325,68 @@ def create_server(config: ServerConfig) -> tuple[SentryServer, int]:
         raise BindError(
             f"cannot serve metrics on {metrics_host}:{config.metrics_port}: {exc.strerror or exc}"
         ) from None
+    try:
+        rest = _start_rest(config, plane)
+    except BindError:
+        on_loop(server.stop(None))
+        metrics_http.stop()
+        batcher.close(drain=False)
+        pipeline.close()
+        raise
+    if rest is not None:
+        log.info("OIP REST on http://%s:%d/v2", config.rest_host or config.host, rest.port)
     on_loop(server.start())
     log.info("listening on %s:%d; warming up (health NOT_SERVING until done)", config.host, port)
     try:
-        pipeline.warm_up()
+        warm = pipeline.warm_up()
     except BaseException as exc:
         on_loop(server.stop(None))
+        if rest is not None:
+            rest.stop()
         metrics_http.stop()
         batcher.close(drain=False)
         pipeline.close()
         if isinstance(exc, Exception):  # the model and bundle cannot serve: a start-up error
             raise ModelLoadError(f"the warm-up batch failed: {exc}") from exc
         raise
-    servicer.ready.set()
+    plane.num_classes = len(warm[0].probabilities)
+    plane.ready.set()
     on_loop(_set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING))
     log.info("gradsentry serving %s on %s:%d", SERVICE_NAME, config.host, port)
     log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_http.port)
-    running = SentryServer(
-        server, health_servicer, servicer, admission, port, metrics, metrics_http
-    )
+    running = SentryServer(server, health_servicer, plane, port, metrics, metrics_http, rest)
     return running, port
+
+
+def _start_rest(config: ServerConfig, plane: DataPlane) -> RestServer | None:
+    """The OIP REST endpoint when ``config.rest_enabled`` (its modules load only then)."""
+    if not config.rest_enabled:
+        return None
+    from service.transport.oip_rest.app import RestApp
+    from service.transport.oip_rest.server import RestServer
+
+    token = read_token(config.auth_token_file) if config.auth_token_file else ""
+    app = RestApp(plane, token=token, max_body_bytes=config.max_message_bytes)
+    host = config.rest_host or config.host
+    try:
+        return RestServer.start(
+            app.app,
+            host,
+            config.rest_port,
+            config.tls_cert_file,
+            config.tls_key_file,
+            config.tls_client_ca_file,
+        )
+    except OSError as exc:
+        raise BindError(
+            f"cannot serve OIP REST on {host}:{config.rest_port}: {exc.strerror or exc}"
+        ) from None
 
 
 def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then drain gracefully (must run in the main thread)."""
     running, _ = create_server(config)
-    pipeline = running.servicer.pipeline
+    pipeline = running.plane.pipeline
     # The process is ours alone here (create_server leaves the priority of a process that
     # embeds it, a test run for one, alone: lowering cannot be undone without privileges).
     if isinstance(pipeline, ProcessPipeline):  # every thread exists now: lower them all

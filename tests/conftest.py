@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 from detectors.demo.model import MnistCNN
-from service import transport
+from service.transport import grpc_defaults as transport
 
 # In-process servers in the tests run on the gRPC transport `gradsentry serve` chooses
 # (grpc reads it once, at import: conftest runs before any test module imports grpc).

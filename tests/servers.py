@@ -21,16 +21,16 @@ import torch
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import transport
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service.config import load_config
 from service.server import SentryServer, create_server
+from service.transport import grpc_defaults as transport
 
 RELIABILITY = "gradsentry.v1.Reliability"
 
 # Tolerance policy for a server's answers against an in-process reference (Sentry.check on
 # the inputs as one unpadded batch). The server pads a batch smaller than min_rows with
-# copies of its first input (service.pipeline), and BLAS/oneDNN sum in another order for
+# copies of its first input (service.engine.pipeline), and BLAS/oneDNN sum in another order for
 # another batch shape: logits differ in the last bits, and features that cancel (the
 # predicted-class gradient when the softmax is near one-hot) amplify that to ~1e-4
 # relative, on any thread count. The bounds leave 10x margin on that; scores and

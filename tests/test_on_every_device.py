@@ -12,7 +12,7 @@ from detectors import GradientProbe
 from detectors.demo import ARTIFACTS, load_demo_model
 from service.client import ReliabilityClient
 from service.config import load_config
-from service.worker import start_pipeline
+from service.engine.worker import start_pipeline
 from tests.devices import DEVICES
 from tests.probe.reference import reference_features
 from tests.servers import demo_server

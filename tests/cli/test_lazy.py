@@ -50,7 +50,8 @@ def test_the_grpc_process_never_imports_torch() -> None:
     """With the model in its worker process, the gRPC process stays light: it starts the
     worker first and serves while the worker imports torch (start-up overlaps)."""
     code = (
-        "import sys, service.server, service.serve_cli, service.worker\n"
+        "import sys, service.server, service.serve_cli, service.engine.worker\n"
+        "import service.transport.oip_rest.app, service.transport.oip_rest.server\n"
         "print('IMPORTED:', *(m for m in ('torch', 'onnx', 'scipy') if m in sys.modules),"
         " file=sys.stderr)"
     )

@@ -21,10 +21,10 @@ from prometheus_client import CollectorRegistry
 from detectors.sentry import Sentry
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
-from service.batcher import Batcher, BatcherClosedError
 from service.config import build_config, load_config
+from service.engine.batcher import Batcher, BatcherClosedError
+from service.engine.pipeline import Pipeline, Result
 from service.metrics import Metrics
-from service.pipeline import Pipeline, Result
 from service.server import SentryServer, create_server
 
 WAIT = 60.0  # generous: the suite shares 2 cores
@@ -285,11 +285,11 @@ def test_concurrent_checks_are_batched_and_answered_as_alone(
 ) -> None:
     running, batched_stub = batching_server
     inputs = as_inputs(samples[0][:16])
-    before = running.servicer.batcher.stats()
+    before = running.plane.batcher.stats()
     # 16 concurrent calls: the batch leaves when the 16th arrives.
     calls = [batched_stub.Check.future(tensor_request(x), timeout=WAIT) for x in inputs]
     together = [c.result() for c in calls]
-    stats = running.servicer.batcher.stats()
+    stats = running.plane.batcher.stats()
     assert stats.scored - before.scored == 16
     assert stats.largest_batch > 1
     assert stats.batches - before.batches < 16
@@ -303,9 +303,9 @@ def test_concurrent_checks_are_batched_and_answered_as_alone(
 def test_one_stream_is_batched_with_itself(batching_server, stub, samples) -> None:
     running, batched_stub = batching_server
     inputs = as_inputs(samples[0][16:48])
-    before = running.servicer.batcher.stats()
+    before = running.plane.batcher.stats()
     responses = list(batched_stub.CheckStream(iter(map(tensor_request, inputs)), timeout=WAIT))
-    stats = running.servicer.batcher.stats()
+    stats = running.plane.batcher.stats()
     assert stats.scored - before.scored == 32
     # The stream's messages were queued ahead of their answers and grouped.
     assert stats.batches - before.batches < 32
@@ -316,7 +316,7 @@ def test_one_stream_is_batched_with_itself(batching_server, stub, samples) -> No
 
 def test_a_batch_call_larger_than_the_queue_is_refused(batching_server, samples) -> None:
     running, batched_stub = batching_server
-    n = running.servicer.batcher.queue_size + 1
+    n = running.plane.batcher.queue_size + 1
     x = as_inputs(samples[0][:1])[0]
     with pytest.raises(grpc.RpcError) as info:
         batched_stub.CheckBatch(

@@ -1,4 +1,5 @@
-"""service.codec against specs other than the demo's (RGB, other ranges, normalisation)."""
+"""Decoding (service.dataplane.codec, the gradsentry.v1 codec) against specs other than the
+demo's (RGB, other ranges, normalisation)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 from PIL import Image
 
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
-from service.codec import CodecError, decode
+from service.dataplane.codec import CodecError
 from service.spec import InputSpec, SpecError
+from service.transport.grpc_v1.codec import decode
 
 RGB = InputSpec(shape=(3, 4, 5), value_range=(-1.0, 1.0), mean=(0.0, 0.5, -0.5), std=(1, 2, 4))
 
@@ -88,7 +90,7 @@ def test_bad_specs_are_refused(kwargs: dict, message: str) -> None:
 @pytest.mark.parametrize("value_range", [(0.0, 1.0), (-1.0, 1.0), (0.0, 255.0), (-0.5, 2.7)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_uint8_scaling_by_table_equals_the_float64_formula(value_range, dtype) -> None:
-    from service.codec import _from_uint8
+    from service.dataplane.codec import _from_uint8
 
     spec = InputSpec(shape=(1, 16, 16), dtype=dtype, value_range=value_range)
     x = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)

@@ -23,9 +23,9 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from detectors.sentry import Sentry
-from service import transport
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
+from service.transport import grpc_defaults as transport
 from tests.servers import WAIT, ServerProcess, serve_process, tensor_request
 
 UNARY, STREAMS, PER_STREAM, BATCH = 100, 16, 4, 8

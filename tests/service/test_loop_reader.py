@@ -15,7 +15,7 @@ from multiprocessing.connection import Connection
 import pytest
 import uvloop
 
-from service.loop_reader import FramingError, LoopReader, take_messages
+from service.engine.loop_reader import FramingError, LoopReader, take_messages
 
 SIZES = (0, 1, 100, 16_384, 16_385, 300_000, 2_000_000)  # 16 KiB: Connection's one-send limit
 

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
+from service._proto.inference import grpc_predict_v2_pb2 as oip_pb
 from tests.servers import ServerProcess, serve_process, tensor_request
 
 SEED = 20261202
@@ -29,6 +30,7 @@ PER_METHOD = 1000
 RELIABILITY = "gradsentry.v1.Reliability"
 HEALTH = "grpc.health.v1.Health"
 REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
+OIP = "inference.GRPCInferenceService"
 CALL_TIMEOUT = 20.0  # a call that hangs fails here instead of holding the suite
 BAD = grpc.StatusCode.INVALID_ARGUMENT
 NEVER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
@@ -37,6 +39,10 @@ _digit = tensor_request(np.zeros((1, 28, 28), np.float32))
 _batch = pb.CheckBatchRequest(requests=[_digit])
 _probe = health_pb2.HealthCheckRequest(service="")
 _Probe = health_pb2.HealthCheckRequest
+_infer = oip_pb.ModelInferRequest(model_name="gradsentry")
+_infer.inputs.add(name="input", datatype="FP32", shape=[1, 1, 28, 28])
+_infer.raw_input_contents.append(bytes(4 * 784))
+_metadata = oip_pb.ModelMetadataRequest(name="gradsentry")
 # (service, method, request type, a valid request, kind): kind "unary", "stream" (request
 # stream) or "watch" (one request, response stream).
 METHODS: tuple[tuple[str, str, type[Message], Message, str], ...] = (
@@ -44,6 +50,8 @@ METHODS: tuple[tuple[str, str, type[Message], Message, str], ...] = (
     (RELIABILITY, "CheckBatch", pb.CheckBatchRequest, _batch, "unary"),
     (RELIABILITY, "CheckStream", pb.CheckRequest, _digit, "stream"),
     (RELIABILITY, "GetInfo", pb.GetInfoRequest, pb.GetInfoRequest(), "unary"),
+    (OIP, "ModelInfer", oip_pb.ModelInferRequest, _infer, "unary"),
+    (OIP, "ModelMetadata", oip_pb.ModelMetadataRequest, _metadata, "unary"),
     (HEALTH, "Check", _Probe, _probe, "unary"),
     (HEALTH, "Watch", _Probe, _probe, "watch"),
     (

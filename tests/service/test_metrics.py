@@ -185,7 +185,7 @@ def test_model_info_matches_get_info(live_server, traffic) -> None:
     assert labels["kinds"].split(",") == list(info.kinds)
     assert labels["strategy"] and labels["torch_version"] and labels["gradsentry_version"]
     assert value(samples, "gradsentry_detector_threshold") == pytest.approx(info.threshold)
-    assert value(samples, "gradsentry_queue_capacity") == live_server[0].servicer.batcher.queue_size
+    assert value(samples, "gradsentry_queue_capacity") == live_server[0].plane.batcher.queue_size
     assert value(samples, "process_resident_memory_bytes") > 0
 
 

@@ -16,10 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from detectors.sentry import Sentry
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
-from service.batcher import Batcher
 from service.config import build_config, load_config
+from service.engine.batcher import Batcher
+from service.engine.pipeline import Pipeline, Result
 from service.errors import QueueFullError
-from service.pipeline import Pipeline, Result
 from service.server import SentryServer, create_server
 from tests.servers import WAIT, calls_ended, tensor_request, wait_calls_ended
 
@@ -144,7 +144,7 @@ def test_overload_answers_resource_exhausted_and_recovers(tiny_queue, samples) -
             break
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
     assert grpc.StatusCode.OK in codes
-    stats = running.servicer.batcher.stats()
+    stats = running.plane.batcher.stats()
     assert stats.peak_depth <= 2 and stats.rejected >= 1
     # Still healthy and answering the same afterwards.
     health = health_pb2_grpc.HealthStub(channel)
@@ -156,7 +156,7 @@ def test_overload_answers_resource_exhausted_and_recovers(tiny_queue, samples) -
 def test_a_call_whose_deadline_passes_in_the_queue_is_not_computed(samples) -> None:
     running, channel = start(max_batch_size=1, max_delay_ms=0, queue_size=1024, max_workers=8)
     stub = pb_grpc.ReliabilityStub(channel)
-    batcher = running.servicer.batcher
+    batcher = running.plane.batcher
     try:
         x = demo_digits(samples, 1)[0]
         # Keep the worker busy for a while: 512 inputs scored one by one.
@@ -201,7 +201,7 @@ def test_the_grpc_backlog_is_bounded_too(samples) -> None:
         assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
         # Two threads, each waiting on one input, cannot overfill two slots: gRPC itself
         # refused the excess.
-        stats = running.servicer.batcher.stats()
+        stats = running.plane.batcher.stats()
         assert stats.rejected == 0 and stats.peak_depth <= 2
     finally:
         channel.close()

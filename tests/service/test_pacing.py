@@ -1,4 +1,4 @@
-"""Predicting when the model is free (service.pacing), and the batcher using it: with a
+"""Predicting when the model is free (service.engine.pacing), and the batcher using it: with a
 batch in flight, the next one leaves just before the model is free, not when it idles."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from detectors.sentry import Sentry, Verdicts
-from service.batcher import Batcher
 from service.config import load_config
-from service.pacing import ComputeEstimate, PipelineClock
-from service.pipeline import Pipeline, Result
+from service.engine.batcher import Batcher
+from service.engine.pacing import ComputeEstimate, PipelineClock
+from service.engine.pipeline import Pipeline, Result
 
 WAIT = 60.0
 

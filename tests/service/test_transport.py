@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1.health_pb2 import HealthCheckRequest
 from grpc_health.v1.health_pb2_grpc import HealthStub
 
-from service import transport
+from service.transport import grpc_defaults as transport
 from tests.servers import serve_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,8 @@ def run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_default_is_set_before_grpc_loads_and_grpc_knows_it() -> None:
     out = run(
-        "from service import transport; print(transport.apply_server_defaults()); "
+        "from service.transport import grpc_defaults as transport; "
+        "print(transport.apply_server_defaults()); "
         "import os, grpc; print(os.environ['GRPC_EXPERIMENTS'])",
         GRPC_VERBOSITY="INFO",  # so that a warning about the experiment would show
     )
@@ -45,7 +46,10 @@ def test_the_default_is_set_before_grpc_loads_and_grpc_knows_it() -> None:
 
 
 def test_an_operator_value_wins_even_empty() -> None:
-    code = "from service import transport; print(repr(transport.apply_server_defaults()))"
+    code = (
+        "from service.transport import grpc_defaults as transport; "
+        "print(repr(transport.apply_server_defaults()))"
+    )
     assert run(code, GRPC_EXPERIMENTS="").stdout.strip() == "''"
     assert run(code, GRPC_EXPERIMENTS="-tcp_frame_size_tuning").stdout.strip() == (
         "'-tcp_frame_size_tuning'"
@@ -54,7 +58,7 @@ def test_an_operator_value_wins_even_empty() -> None:
 
 def test_too_late_once_grpc_is_imported_and_nothing_changes() -> None:
     out = run(
-        "import grpc, os; from service import transport; "
+        "import grpc, os; from service.transport import grpc_defaults as transport; "
         "print(transport.apply_server_defaults(), os.environ.get('GRPC_EXPERIMENTS'))"
     )
     assert out.stdout.split() == ["None", "None"]

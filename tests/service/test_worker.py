@@ -18,14 +18,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from detectors.sentry import Verdicts
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
-from service.batcher import Batcher
 from service.config import build_config
+from service.engine.batcher import Batcher
+from service.engine.pipeline import BasePipeline
+from service.engine.wire import WireError, pack, pack_verdicts, unpack, unpack_verdicts
+from service.engine.worker import ProcessPipeline, start_pipeline
 from service.loader import ModelLoadError
-from service.pipeline import BasePipeline
 from service.priority import nice_of
 from service.server import SentryServer, create_server
-from service.wire import WireError, pack, pack_verdicts, unpack, unpack_verdicts
-from service.worker import ProcessPipeline, start_pipeline
 from tests.servers import WAIT, serve_process, tensor_request
 
 
@@ -130,7 +130,7 @@ def test_a_killed_worker_is_replaced_and_the_server_keeps_serving(process_server
     running, channel = process_server
     stub = pb_grpc.ReliabilityStub(channel)
     health = health_pb2_grpc.HealthStub(channel)
-    pipeline = running.servicer.pipeline
+    pipeline = running.plane.pipeline
     assert isinstance(pipeline, BasePipeline) and isinstance(pipeline, ProcessPipeline)
     x = demo_digits(samples, 1)[0][0]
     request = pb.CheckRequest(
@@ -169,7 +169,7 @@ def test_a_killed_worker_is_replaced_and_the_server_keeps_serving(process_server
     same_answer(stub.Check(request, timeout=WAIT))
     assert pipeline.restarts == 2 and pipeline.pid not in (None, first, second)
     assert nice_of(pipeline.pid) == pipeline.launcher_nice
-    assert running.servicer.batcher.stats().peak_in_flight >= 1
+    assert running.plane.batcher.stats().peak_in_flight >= 1
 
 
 def test_the_batcher_keeps_two_batches_with_the_worker(samples) -> None:

@@ -1,7 +1,7 @@
 """Starting the model worker process, and starting the first one early.
 
 ``serve`` calls ``prestart()`` right after reading its config, before it imports torch,
-the model or gRPC: the child (``python -m service.worker FD``) then imports torch and the
+the model or gRPC: the child (``python -m service.engine.worker FD``) then imports torch and the
 library on the other core while this process imports its own, and the first
 ``ProcessPipeline`` adopts it (``take_prestarted``). A child that is never adopted — start-up
 failed before the pipeline — sees its socket close when this process exits and ends too.
@@ -27,7 +27,7 @@ def spawn() -> tuple[subprocess.Popen[bytes], socket.socket]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.worker", str(theirs.fileno())],
+            [sys.executable, "-m", "service.engine.worker", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),),
             env=env,
             stdin=subprocess.DEVNULL,

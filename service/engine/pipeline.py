@@ -1,7 +1,7 @@
 """Transport-agnostic scoring: validated input arrays -> one Sentry batch -> per-input results.
 
 The pipeline knows nothing about gRPC; the batcher hands it lists of arrays [1, C, H, W]
-produced by ``service.codec`` and gets plain ``Result`` objects back.
+produced by ``service.dataplane.codec`` and gets plain ``Result`` objects back.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class PipelineError(RuntimeError):
 class Result:
     """The outcome for one input.
 
-    probabilities float32 [num_classes]; features float64 [num_features]; ``kind`` is the
+    probabilities and logits float32 [num_classes]; features float64 [num_features]; ``kind`` is the
     most likely challenge kind (None when the detector has no kinds); ``timings`` holds
     seconds for "queue" (waiting for the model: the batcher sets it from submit to batch
     start), "forward", "backward", "statistics" and "detector" (of the whole batch) and
@@ -60,6 +60,7 @@ class Result:
     kind_scores: dict[str, float]
     features: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    logits: np.ndarray | None = None  # float32 [num_classes]
 
 
 class BasePipeline:
@@ -68,7 +69,7 @@ class BasePipeline:
     A subclass implements ``_check(batch) -> Verdicts`` (called with ``_lock`` held: one
     batch at a time) and sets ``manifest`` (the detector bundle's manifest). Everything
     else — chunking, padding, calibration, warm-up, per-input Results — lives here, so the
-    in-process ``Pipeline`` and the child-process ``service.worker.ProcessPipeline`` answer
+    in-process ``Pipeline`` and the child-process ``service.engine.worker.ProcessPipeline`` answer
     alike.
 
     Batch invariance: BLAS and oneDNN kernels take other code paths (another float summation
@@ -248,6 +249,7 @@ class BasePipeline:
                     kind_scores={k: float(s[i]) for k, s in v.kind_scores.items()},
                     features=v.features[i],
                     timings=timings,
+                    logits=v.logits[i],
                 )
             )
         return out

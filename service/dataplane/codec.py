@@ -1,10 +1,11 @@
-"""Proto inputs -> validated model arrays.
+"""Decoding into the model's input spec, shared by every transport.
 
-``decode(request, spec)`` turns a ``CheckRequest``'s tensor or encoded image into a float
-array [1, C, H, W] of ``spec.dtype`` with finite values inside ``spec.value_range``, then
-applies the spec's normalisation. Every way a client can get an input wrong raises
-``CodecError`` with a message that names the problem; the server maps it to
-INVALID_ARGUMENT.
+A transport turns its own tensor message into a raw array of the wire's dtype (or hands
+over an encoded image), and ``from_wire`` / ``decode_image`` turn that into float arrays
+[N, C, H, W] of ``spec.dtype``; ``finish`` refuses NaN/Inf and values outside
+``spec.value_range`` and applies the spec's normalisation. Every way a client can get an
+input wrong raises ``CodecError`` with a message that names the problem; transports map it
+to INVALID_ARGUMENT / HTTP 400.
 
 An encoded image costs what its container makes the decoder do, not what its pixels are
 worth: Pillow walks PNG chunks and JPEG segments in Python, one at a time, so a 28x28 PNG
@@ -24,17 +25,9 @@ import struct
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service.errors import ClientError
 from service.spec import InputSpec
 
-# DType enum value -> little-endian numpy dtype of the raw bytes.
-WIRE_DTYPES: dict[int, np.dtype] = {
-    pb.FLOAT32: np.dtype("<f4"),
-    pb.FLOAT64: np.dtype("<f8"),
-    pb.UINT8: np.dtype("u1"),
-    pb.FLOAT16: np.dtype("<f2"),
-}
 # Dimensions of a client's shape quoted in full in an error message (see shape_text).
 _SHAPE_DIMS = 8
 # PIL mode each channel count is converted to.
@@ -55,57 +48,18 @@ class CodecError(ClientError):
     """A client's input is malformed; the message says what is wrong."""
 
 
-def dtype_name(value: int) -> str:
-    """Name of a DType enum value, or "<value> (unknown)"."""
-    try:
-        return pb.DType.Name(value)
-    except ValueError:
-        return f"{value} (unknown)"
-
-
-def decode(request: pb.CheckRequest, spec: InputSpec) -> np.ndarray:
-    """CheckRequest -> array [1, C, H, W] of ``spec.dtype``, validated and normalised."""
-    which = request.WhichOneof("input")
-    if which == "tensor":
-        x = decode_tensor(request.tensor, spec)
-    elif which == "image":
-        x = decode_image(request.image.data, spec)
-    else:
-        raise CodecError("empty request: set exactly one of 'tensor' or 'image'")
-    return normalise(check_values(x, spec), spec)
-
-
-def decode_tensor(tensor: pb.Tensor, spec: InputSpec) -> np.ndarray:
-    """Tensor -> array [1, C, H, W] of ``spec.dtype`` in the spec's range (not yet checked).
-
-    UINT8 is mapped linearly from 0..255 onto ``spec.value_range``; floats are cast.
-    """
-    if tensor.dtype == pb.DTYPE_UNSPECIFIED:
-        raise CodecError("tensor dtype is DTYPE_UNSPECIFIED; set one of " + _dtype_choices())
-    wire = WIRE_DTYPES.get(tensor.dtype)
-    if wire is None:
-        raise CodecError(
-            f"unknown tensor dtype {dtype_name(tensor.dtype)}; use one of " + _dtype_choices()
-        )
-    shape = tuple(int(d) for d in tensor.shape)
-    expected = spec.shape
-    if shape not in (expected, (1, *expected)):
-        raise CodecError(
-            f"wrong tensor shape {shape_text(shape)}: this model takes {list(expected)} "
-            f"or {[1, *expected]}"
-        )
-    if not tensor.data:
-        raise CodecError("empty tensor data: expected raw little-endian bytes")
-    need = math.prod(expected) * wire.itemsize
-    if len(tensor.data) != need:
-        raise CodecError(
-            f"tensor data has {len(tensor.data)} bytes but shape {shape_text(shape)} of "
-            f"{dtype_name(tensor.dtype)} needs {need}"
-        )
-    raw = np.frombuffer(tensor.data, dtype=wire).reshape(1, *expected)
-    if tensor.dtype == pb.UINT8:
+def from_wire(raw: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """A raw array [N, C, H, W] of a wire dtype -> ``spec.dtype``, in the spec's range
+    (not yet checked): UINT8 is mapped linearly from 0..255 onto ``spec.value_range``;
+    floats are cast."""
+    if raw.dtype == np.uint8:
         return _from_uint8(raw, spec)
     return raw.astype(spec.dtype)
+
+
+def finish(x: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """``check_values`` then ``normalise``: the array the model is given."""
+    return normalise(check_values(x, spec), spec)
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -263,7 +217,3 @@ def _uint8_table(value_range: tuple[float, ...], dtype: str) -> np.ndarray:
     table = (np.arange(256, dtype=np.float64) / 255.0 * (hi - lo) + lo).astype(dtype)
     table.flags.writeable = False
     return table
-
-
-def _dtype_choices() -> str:
-    return ", ".join(pb.DType.Name(v) for v in WIRE_DTYPES)

@@ -12,7 +12,7 @@ in this process; 2 for a model worker process, so that it never waits for the ne
 With ``dispatch_when_idle`` a batch that holds the pipeline's ``min_rows`` (the size smaller
 batches are padded to) stops waiting early when waiting would leave the model idle: at once
 when nothing is in flight, and, with a batch in flight, ``HANDOFF_SECONDS`` before that
-batch should be done (``service.pacing`` predicts it from the sizes and compute times of
+batch should be done (``service.engine.pacing`` predicts it from the sizes and compute times of
 the batches before), so the next batch is there when the model is free yet gathered
 company for as long as it could.
 
@@ -41,9 +41,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service.engine.pacing import PipelineClock
+from service.engine.pipeline import BasePipeline, Result
 from service.errors import DrainingError, QueueFullError
-from service.pacing import PipelineClock
-from service.pipeline import BasePipeline, Result
 
 log = logging.getLogger(__name__)
 

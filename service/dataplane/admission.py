@@ -1,25 +1,28 @@
-"""Admission of every gRPC call before its request is read: budgets, drain, stream timeouts.
+"""Admission of every call, whatever its transport: budgets, drain, stream timeouts.
 
-``AdmissionInterceptor`` decides, from the method alone, whether a call may start. Calls are
-sorted into classes, each with its own budget, so that no class can starve another:
+``Admission`` holds the state every transport consults before it reads a request. Calls
+are sorted into classes, each with its own budget, so that no class can starve another:
 
-- ``free``: health ``Check`` and ``GetInfo`` (answered from memory at once): no budget.
-  Health ``Check`` is answered even while draining (it reports NOT_SERVING then).
-- ``unary``: ``Check`` and ``CheckBatch``: at most ``max_workers`` at once.
+- ``free``: health checks and metadata (answered from memory at once): no budget. Health
+  checks are answered even while draining (they report NOT_SERVING then).
+- ``unary``: one-answer scoring calls (gradsentry.v1 ``Check`` and ``CheckBatch``, OIP
+  ``ModelInfer`` over gRPC and REST): at most ``max_workers`` at once, all transports
+  together.
 - ``streams``: ``CheckStream``: at most ``max_streams`` at once.
 - ``open_streams``: health ``Watch`` and reflection, which need no token when auth is on:
   at most ``max_open_streams`` at once.
 
-A call beyond its budget is refused with RESOURCE_EXHAUSTED without its message being read
-(``service.interceptors.refusal``); gRPC's own concurrency limit is not used, because it
-counts health checks with everything else. Every admitted stream is watched: it ends with
-DEADLINE_EXCEEDED when no message has passed either way for ``stream_idle_seconds``, or
-when it has been open ``stream_max_seconds`` (0 turns either off).
+A call beyond its budget is refused (RESOURCE_EXHAUSTED, HTTP 429) without its message
+being read. Every admitted stream is watched: it ends with DEADLINE_EXCEEDED when no
+message has passed either way for ``stream_idle_seconds``, or when it has been open
+``stream_max_seconds`` (0 turns either off).
 
-Drain (``begin_drain``): new calls other than health ``Check`` are refused with UNAVAILABLE;
-a stream still open stops taking messages (its next read ends it with UNAVAILABLE after the
-answers to the messages it already read); ``end_open_streams`` ends the health watches and
-reflection streams that would otherwise stay open to the end.
+Drain (``begin_drain``): new calls other than health checks are refused (UNAVAILABLE, HTTP
+503); a stream still open stops taking messages (its next read ends it with UNAVAILABLE
+after the answers to the messages it already read); ``end_open_streams`` ends the health
+watches and reflection streams that would otherwise stay open to the end; ``cut_all`` ends
+every call still running when the grace period runs out. The gRPC face of this is
+``service.transport.grpc_admission``; REST calls take ``unary_call``.
 """
 
 from __future__ import annotations
@@ -27,18 +30,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
-from service.errors import DrainingError
-from service.interceptors import Continuation, refusal, streaming, unary, wrap_handler
-
-RELIABILITY = "gradsentry.v1.Reliability"
-HEALTH = "grpc.health.v1.Health"
-FREE_METHODS = frozenset({f"/{HEALTH}/Check", f"/{RELIABILITY}/GetInfo"})
-ALWAYS_METHODS = frozenset({f"/{HEALTH}/Check"})  # answered while draining too
+from service.errors import DrainingError, QueueFullError
 
 
 @dataclass(frozen=True)
@@ -146,7 +142,7 @@ class StreamWatch:
         source = messages.__aiter__()
         while True:
             if self.drained.done():
-                raise DrainingError(_DRAINING)
+                raise DrainingError(DRAINING)
             read = asyncio.ensure_future(source.__anext__())
             read.add_done_callback(_retrieved)  # its end is read below, or of no interest
             try:
@@ -155,7 +151,7 @@ class StreamWatch:
                 if not read.done():  # drained first (or this reader was cancelled)
                     read.cancel()
             if read.cancelled() or not read.done():
-                raise DrainingError(_DRAINING)
+                raise DrainingError(DRAINING)
             try:
                 message = read.result()
             except StopAsyncIteration:
@@ -164,8 +160,8 @@ class StreamWatch:
             yield message
 
 
-_DRAINING = "the server is shutting down; retry on another replica"
-_CUT = (
+DRAINING = "the server is shutting down; retry on another replica"
+CUT = (
     "the server stopped before this call was answered (its grace period ran out); retry on "
     "another replica"
 )
@@ -177,27 +173,24 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-class _WatchedContext:
-    """The call's context, with ``write`` touching the stream's clock (grpc.aio's health
-    ``Watch`` writes its responses itself instead of yielding them)."""
-
-    def __init__(self, context: grpc.aio.ServicerContext, watch: StreamWatch) -> None:
-        self._context, self._watch = context, watch
-
-    async def write(self, message: Any) -> None:
-        self._watch.touch()
-        await self._context.write(message)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
+class OverBudgetError(QueueFullError):
+    """A class of calls is at its budget (RESOURCE_EXHAUSTED, HTTP 429)."""
 
 
-class AdmissionInterceptor(grpc.aio.ServerInterceptor):
-    """Budgets per call class, refusal while draining, timeouts on streams (module doc)."""
+def over_budget(budget: Budget) -> str:
+    """The refusal message for a call beyond ``budget``."""
+    return (
+        f"the server is serving its most {budget.name.replace('_', ' ')} calls at once "
+        f"({budget.limit}); retry with backoff"
+    )
 
-    def __init__(self, limits: Limits, open_services: frozenset[str]) -> None:
+
+class Admission:
+    """Budgets per call class, the drain, open streams and running calls (module doc).
+    Touched on the server's event loop only."""
+
+    def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.open_services = open_services
         self.unary = Budget("unary", limits.max_workers)
         self.streams = Budget("streams", limits.max_streams)
         self.open_streams = Budget("open_streams", limits.max_open_streams)
@@ -218,12 +211,13 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         return self.unary.active + self.streams.active + self.free.active
 
     def begin_drain(self) -> None:
-        """Refuse new calls (except health Check), end streams at their next read. Call on
+        """Refuse new calls (except health checks), end streams at their next read. Call on
         the event loop."""
-        if not self._drained().done():
+        if not self.drained_future().done():
             self.drained.set_result(None)  # type: ignore[union-attr]
 
-    def _drained(self) -> asyncio.Future[None]:
+    def drained_future(self) -> asyncio.Future[None]:
+        """Done once the drain has begun (made on first use, on the event loop)."""
         if self.drained is None:
             self.drained = asyncio.get_running_loop().create_future()
         return self.drained
@@ -231,100 +225,61 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
     def end_open_streams(self) -> None:
         """End every stream still open (health watches, reflection) with UNAVAILABLE."""
         for watch in list(self.watches):
-            watch.close(_DRAINING)
+            watch.close(DRAINING)
 
     def cut_all(self) -> None:
         """The grace period ran out: end every call still running with UNAVAILABLE (a
         status that says why and invites a retry, where gRPC's stop would say CANCELLED)."""
         for watch in list(self.watches):
-            watch.close(_CUT)
+            watch.close(CUT)
         for task in list(self.plain):
             self.plain[task] = True
             task.cancel()
 
-    def budget_of(self, method: str, handler: grpc.RpcMethodHandler) -> Budget:
-        service = method.lstrip("/").partition("/")[0]
-        if method in FREE_METHODS:
-            return self.free
-        streamed = bool(handler.stream_stream or handler.unary_stream or handler.stream_unary)
-        if service in self.open_services:
-            return self.open_streams if streamed else self.free
-        return self.streams if streamed else self.unary
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    def came_in(self) -> None:
+        """A call arrived (admitted or not): the drain waits for a quiet moment."""
         self.last_call = time.monotonic()
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        if self.draining and method not in ALWAYS_METHODS:
-            return refusal(handler, grpc.StatusCode.UNAVAILABLE, _DRAINING)
-        budget = self.budget_of(method, handler)
-        if not budget.take():
-            return refusal(
-                handler,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the server is serving its most {budget.name.replace('_', ' ')} calls at once "
-                f"({budget.limit}); retry with backoff",
-            )
-        # The budget is held from here: gRPC runs the returned handler (the call has
-        # started), which releases it once.
-        inner_unary, inner_streaming = unary(handler), streaming(handler)
-        limits, watches, drained = self.limits, self.watches, self._drained()
+
+    async def run_unary(self, budget: Budget, call: Any) -> Any:
+        """Await ``call`` (a coroutine) as an admitted call holding ``budget`` (taken by
+        the caller; released here): the drain waits for it, and ``cut_all`` ends it with
+        DrainingError."""
+        task = asyncio.current_task()
         plain = self.plain
-        request_streamed = bool(handler.stream_unary or handler.stream_stream)
-        response_streamed = bool(handler.unary_stream or handler.stream_stream)
-        if not (request_streamed or response_streamed):
-
-            async def on_plain(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                task = asyncio.current_task()
-                plain[task] = False  # type: ignore[index]
-                try:
-                    return await inner_unary(request, context)
-                except asyncio.CancelledError:
-                    if not plain.get(task):  # type: ignore[arg-type]
-                        raise  # the client went away
-                    task.uncancel()  # type: ignore[union-attr]
-                    raise DrainingError(_CUT) from None
-                finally:
-                    plain.pop(task, None)  # type: ignore[arg-type]
-                    budget.release()
-
-            return wrap_handler(handler, on_plain, inner_streaming)
-
-        def watched() -> StreamWatch:
-            watch = StreamWatch(limits, drained)
-            watch.start(asyncio.current_task())  # type: ignore[arg-type]
-            watches.add(watch)
-            return watch
-
-        def done(watch: StreamWatch) -> None:
-            watch.stop()
-            watches.discard(watch)
+        plain[task] = False  # type: ignore[index]
+        try:
+            return await call
+        except asyncio.CancelledError:
+            if not plain.get(task):  # type: ignore[arg-type]
+                raise  # the client went away
+            task.uncancel()  # type: ignore[union-attr]
+            raise DrainingError(CUT) from None
+        finally:
+            plain.pop(task, None)  # type: ignore[arg-type]
             budget.release()
 
-        async def on_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            watch = watched()
-            try:
-                return await inner_unary(watch.requests(request), context)
-            except asyncio.CancelledError as exc:
-                raise watch.error(exc) from None
-            finally:
-                done(watch)
-
-        async def on_streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            watch = watched()
-            try:
-                if request_streamed:
-                    request = watch.requests(request)
-                async for response in inner_streaming(request, _WatchedContext(context, watch)):
-                    watch.touch()
-                    yield response
-            except asyncio.CancelledError as exc:
-                raise watch.error(exc) from None
-            finally:
-                done(watch)
-
-        return wrap_handler(handler, on_unary, on_streaming)
+    @asynccontextmanager
+    async def unary_call(self, free: bool = False) -> AsyncIterator[None]:
+        """Admit one call of a transport without interceptors (REST): refused with
+        DrainingError while draining (``free`` calls too: a REST health probe answers
+        itself), with OverBudgetError beyond the ``unary`` budget; ``free`` calls take no
+        budget. The body runs as ``run_unary`` runs a call."""
+        self.came_in()
+        if self.draining:
+            raise DrainingError(DRAINING)
+        budget = self.free if free else self.unary
+        if not budget.take():
+            raise OverBudgetError(over_budget(budget))
+        # The caller's block runs as an admitted call: registered for cut_all, budget held.
+        task = asyncio.current_task()
+        self.plain[task] = False  # type: ignore[index]
+        try:
+            yield
+        except asyncio.CancelledError:
+            if not self.plain.get(task):  # type: ignore[arg-type]
+                raise
+            task.uncancel()  # type: ignore[union-attr]
+            raise DrainingError(CUT) from None
+        finally:
+            self.plain.pop(task, None)  # type: ignore[arg-type]
+            budget.release()

@@ -4,9 +4,9 @@ Python runs one thread at a time per process. In one process the model's many sm
 operations and autograd hooks and the gRPC handlers' decoding and answering take turns
 on that lock, and the server tops out at about one core whatever the machine has. With
 ``model_worker: process`` (the default) the server process keeps gRPC, decoding, the
-batcher and metrics, and a child process (``python -m service.worker``) loads the model and the
-bundle and scores one batch at a time; the two exchange pickle-free messages
-(``service.wire``) over a socket pair.
+batcher and metrics, and a child process (``python -m service.engine.worker``) loads the
+model and the bundle and scores one batch at a time; the two exchange pickle-free messages
+(``service.engine.wire``) over a socket pair.
 
 The child ignores SIGINT/SIGTERM: the server decides when it stops (after draining), and
 it exits by itself when the server process goes away. If it dies while scoring (killed,
@@ -34,13 +34,13 @@ import numpy as np
 from detectors.errors import ModelLoadError
 from detectors.verdicts import Verdicts
 from service.config import ServerConfig, build_config
+from service.engine.loop_reader import LoopReader
+from service.engine.pipeline import BasePipeline, Result, padded_batch
+from service.engine.wire import pack, pack_verdicts, unpack, unpack_verdicts
+from service.engine.worker_launch import spawn, take_prestarted
 from service.errors import DEVICE_FAULT_EXIT, DeviceMemoryError, WorkerError
 from service.event_loop import event_loop
-from service.loop_reader import LoopReader
-from service.pipeline import BasePipeline, Result, padded_batch
 from service.spec import InputSpec
-from service.wire import pack, pack_verdicts, unpack, unpack_verdicts
-from service.worker_launch import spawn, take_prestarted
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class ProcessPipeline(BasePipeline):
     (``ModelLoadError`` with the child's message when it cannot); ``close`` stops it.
     Batches are sent as they come (``run_async``) and answered in order: with two in flight
     the next batch is already waiting when the child finishes one. The answers are read on
-    the process's event loop (``service.event_loop``, ``service.loop_reader``): nothing may
+    the process's event loop (``service.event_loop``, ``service.engine.loop_reader``): nothing may
     wait for an answer on that loop's thread. When the child dies the batches it held fail
     with ``WorkerError``, and the next batch starts a new child.
     """

@@ -1,0 +1,1 @@
+"""gradsentry.v1.Reliability: CheckRequest/CheckResponse <-> the data plane."""
