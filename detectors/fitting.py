@@ -22,6 +22,9 @@ from detectors.detector import ReliabilityDetector
 from detectors.features import DEFAULT_LOSSES, FeatureExtractor
 from detectors.setcache import SetCache
 
+#: Attribution-only sets are seeded from seed + this + their position (fit sets: seed + 1 + i).
+ATTRIBUTION_SEEDS = 100
+
 
 @dataclass
 class FitResult:
@@ -39,6 +42,7 @@ def fit_detector(
     labels: np.ndarray,
     challenges: Sequence[Challenge],
     *,
+    attribution_challenges: Sequence[Challenge] = (),
     stats_images: np.ndarray | None = None,
     stats_labels: np.ndarray | None = None,
     losses: Sequence[str] = DEFAULT_LOSSES,
@@ -60,6 +64,8 @@ def fit_detector(
     rows make those rows look cleaner than any fresh input, and the calibrated threshold
     would then flag far more clean traffic than the target rate.
     calibration_fraction: share of H's clean rows held out to calibrate the threshold.
+    attribution_challenges: more generators, made from the same clean images, that only
+    the kind-attribution head is trained on (the detection heads see ``challenges`` only).
     """
     if not challenges:
         raise ValueError("name at least one challenge to fit against")
@@ -90,6 +96,15 @@ def fit_detector(
             extractor.extract_images(made, batch_size, _desc(progress, challenge.spec)).features
         )
         kinds += [challenge.kind] * len(made)
+    extra_rows, extra_kinds = [], []
+    for i, challenge in enumerate(attribution_challenges):
+        made = cache.generate(
+            challenge, model, images, labels, seed=seed + ATTRIBUTION_SEEDS + i, progress=progress
+        )
+        extra_rows.append(
+            extractor.extract_images(made, batch_size, _desc(progress, challenge.spec)).features
+        )
+        extra_kinds += [challenge.kind] * len(made)
     detector = ReliabilityDetector(
         classifier=classifier,
         strategy=strategy,
@@ -97,10 +112,18 @@ def fit_detector(
         calibration_fraction=calibration_fraction,
         log_columns=extractor.log_columns,
         random_state=seed,
-    ).fit(np.concatenate(rows), np.array(kinds))
+    ).fit(
+        np.concatenate(rows),
+        np.array(kinds),
+        np.concatenate(extra_rows) if extra_rows else None,
+        np.array(extra_kinds) if extra_rows else None,
+    )
     summary = {
         "n_clean": len(images),
         "challenges": [{"spec": c.spec, "kind": c.kind} for c in challenges],
+        "attribution_challenges": [
+            {"spec": c.spec, "kind": c.kind} for c in attribution_challenges
+        ],
         "losses": list(losses),
         "seed": seed,
         "n_stats": len(stats_images),

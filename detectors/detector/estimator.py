@@ -96,17 +96,34 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
             if not isinstance(getattr(self, name), bool | np.bool_):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
-    def fit(self, X: np.ndarray, kinds: Sequence[str] | np.ndarray) -> Self:
+    def fit(
+        self,
+        X: np.ndarray,
+        kinds: Sequence[str] | np.ndarray,
+        attribution_X: np.ndarray | None = None,
+        attribution_kinds: Sequence[str] | np.ndarray | None = None,
+    ) -> Self:
         """Fit the heads and calibrate the threshold.
 
         Args:
             X: raw features float [N, F] (norms before the log transform), finite.
             kinds: str [N], each "clean", "adversarial", "ood" or "corrupted"; at least one
                 clean row and one challenge row.
+            attribution_X: more challenge rows, raw features float [M, F], that only the
+                attribution head is trained on (more generators per kind teach it what a
+                family is without changing what the detection heads were fitted on).
+            attribution_kinds: str [M], each one of the challenge kinds present in ``kinds``.
         """
         self._check_params()
         X = check_features(X)
         row_kinds = check_kinds(kinds, len(X))
+        if (attribution_X is None) != (attribution_kinds is None):
+            raise ValueError("give attribution_X and attribution_kinds together")
+        if attribution_X is None:
+            extra_X, extra_kinds = np.empty((0, X.shape[1])), np.empty(0, dtype=str)
+        else:
+            extra_X = check_features(attribution_X, X.shape[1], "attribution_X")
+            extra_kinds = check_kinds(attribution_kinds, len(extra_X))
         transform = LogTransform(self.log_columns)
         if transform.n_features not in (None, X.shape[1]):
             raise ValueError(
@@ -148,8 +165,20 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
         for head in strategy.head_names(kinds_):
             rows, y = strategy.targets(head, kinds_, fit_kinds)
             heads[head] = self._fit_head(fit_X[rows], y, fit_kinds[rows])
+        unknown = sorted(set(extra_kinds.tolist()) - set(kinds_))
+        if unknown:
+            raise ValueError(
+                f"attribution_kinds {unknown} are not challenge kinds of the detection rows "
+                f"{list(kinds_)}"
+            )
+        self.n_attribution_extra_ = len(extra_X)
         if self.attribution and len(kinds_) > 1:
-            heads[attribution.HEAD] = self._fit_attribution(Xt, row_kinds, kinds_, rng)
+            heads[attribution.HEAD] = self._fit_attribution(
+                np.concatenate([Xt, transform.transform(extra_X)]) if len(extra_X) else Xt,
+                np.concatenate([row_kinds, extra_kinds]),
+                kinds_,
+                rng,
+            )
 
         self.transform_ = transform
         self.strategy_ = strategy
