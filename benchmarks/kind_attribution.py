@@ -1,9 +1,10 @@
 """Which kind-attribution head names unseen families right? Variants measured on a demo.
 
-Every variant shares the demo bundle's features and detection heads (so the same inputs
-are flagged); only the attribution head changes: which generated challenge kinds it is
-trained on and which classifier it is. Scored like the report's kind confusion: the
-share of flagged inputs of unseen sets attributed to their true family, pooled.
+Both variants share the demo bundle's features and detection heads (so the same inputs
+are flagged); only the attribution head changes: trained on the fit challenges alone, or
+also on the data set's attribution-only generators (as ``gradsentry demo build`` does).
+Scored like the report's kind confusion: the share of flagged inputs of unseen sets
+attributed to their true family, pooled; plus how well each fit set is named in sample.
 
     python benchmarks/kind_attribution.py [--dataset mnist|fashion] [--limit N]
         [--fit-limit N] [--skip-slow] [--json out.json]
@@ -24,24 +25,10 @@ from detectors.bundle import load_bundle
 from detectors.challenges import parse_spec
 from detectors.demo.datasets import datasets
 from detectors.detector import ReliabilityDetector
-from detectors.detector.classifiers import build_classifier
-from detectors.detector.weights import balanced_weights
 from detectors.features import FeatureExtractor
 from detectors.setcache import SetCache
 
 SLOW = ("cw", "deepfool", "square")
-
-
-def family_weights(kinds: np.ndarray, generators: np.ndarray) -> np.ndarray:
-    """Families weigh equally, and each generator equally within its family."""
-    w = np.zeros(len(kinds))
-    fams = np.unique(kinds)
-    for f in fams:
-        gens = np.unique(generators[kinds == f])
-        for g in gens:
-            rows = (kinds == f) & (generators == g)
-            w[rows] = 1.0 / (len(fams) * len(gens) * rows.sum())
-    return w * len(w) / w.sum()
 
 
 def main() -> None:
@@ -103,39 +90,39 @@ def main() -> None:
     T_X, T_F, T_S = np.concatenate(test_x), np.array(test_fam), np.array(test_set)
     print(f"all features {time.time() - t0:.0f}s; {len(T_X)} flagged unseen inputs", flush=True)
 
-    tf = detector.transform_
-    kinds = ("adversarial", "ood", "corrupted")
-    groups = np.array([c["group"] for c in ext.schema])
+    kinds = np.array(detector.kinds_)
+    results: dict[str, dict] = {}
 
-    def run(name: str, X, K, G, clf: str = "logistic", cols=None, per_generator=True) -> None:
-        cols = np.ones(X.shape[1], bool) if cols is None else cols
-        pipe = build_classifier(clf, 0)
-        y = np.array([kinds.index(k) for k in K])
-        w = family_weights(K, G) if per_generator else balanced_weights(K)
-        pipe.fit(tf.transform(X)[:, cols], y, **{f"{pipe.steps[-1][0]}__sample_weight": w})
-        pred = np.array(kinds)[pipe.predict(tf.transform(T_X)[:, cols])]
+    def report(name: str, det: ReliabilityDetector) -> None:
+        scores = det.kind_scores(T_X)
+        pred = kinds[np.argmax(np.stack([scores[k] for k in kinds], axis=1), axis=1)]
         hit = pred == T_F
         per_fam = {f: float(hit[T_F == f].mean()) for f in kinds if (T_F == f).any()}
         per_set = {s: float(hit[T_S == s].mean()) for s in dict.fromkeys(T_S)}
-        results[name] = {"overall": float(hit.mean()), "family": per_fam, "sets": per_set}
+        confusion = {f: {k: int(np.sum((T_F == f) & (pred == k))) for k in kinds} for f in kinds}
+        fitted = {}
+        for g in dict.fromkeys(np.concatenate([fit_G, ex_G])):
+            if g == "clean":
+                continue
+            rows = np.concatenate([fit_G, ex_G]) == g
+            sc = det.kind_scores(np.concatenate([fit_X, ex_X])[rows])
+            named = kinds[np.argmax(np.stack([sc[k] for k in kinds], axis=1), axis=1)]
+            fitted[g] = float((named == np.concatenate([fit_K, ex_K])[rows]).mean())
+        results[name] = {
+            "overall": float(hit.mean()),
+            "family": per_fam,
+            "confusion": confusion,
+            "sets": per_set,
+            "fit_sets_in_sample": fitted,
+        }
         fams = "  ".join(f"{f} {v:.1%}" for f, v in per_fam.items())
-        print(f"{name:55s} {hit.mean():.1%}  {fams}", flush=True)
+        print(f"{name:40s} {hit.mean():.1%}  {fams}", flush=True)
+        print("   fit sets named right (in sample):", fitted, flush=True)
 
-    results: dict[str, dict] = {}
-    ch = fit_K != "clean"
-    allX = np.concatenate([fit_X[ch], ex_X])
-    allK = np.concatenate([fit_K[ch], ex_K])
-    allG = np.concatenate([fit_G[ch], ex_G])
-    run("fit kinds only (logistic)", fit_X[ch], fit_K[ch], fit_G[ch])
-    run("fit + attribution kinds (logistic)", allX, allK, allG)
-    run("fit + attribution kinds, kind-balanced only", allX, allK, allG, per_generator=False)
-    for clf in ("gbm", "mlp"):
-        run(f"fit + attribution kinds ({clf})", allX, allK, allG, clf=clf)
-    for g in np.unique(groups):
-        run(f"fit + attribution kinds, without {g}", allX, allK, allG, cols=groups != g)
-    worst = sorted(
-        results["fit + attribution kinds (logistic)"]["sets"].items(), key=lambda kv: kv[1]
-    )
+    report("fit kinds only", detector)
+    extra = ReliabilityDetector(log_columns=ext.log_columns).fit(fit_X, fit_K, ex_X, ex_K)
+    report("fit + attribution-only kinds", extra)
+    worst = sorted(results["fit + attribution-only kinds"]["sets"].items(), key=lambda kv: kv[1])
     print("worst sets:", ", ".join(f"{s} {v:.0%}" for s, v in worst[:12]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")

@@ -43,6 +43,7 @@ def fit_detector(
     challenges: Sequence[Challenge],
     *,
     attribution_challenges: Sequence[Challenge] = (),
+    attribution_limit: int | None = None,
     stats_images: np.ndarray | None = None,
     stats_labels: np.ndarray | None = None,
     losses: Sequence[str] = DEFAULT_LOSSES,
@@ -65,7 +66,8 @@ def fit_detector(
     would then flag far more clean traffic than the target rate.
     calibration_fraction: share of H's clean rows held out to calibrate the threshold.
     attribution_challenges: more generators, made from the same clean images, that only
-    the kind-attribution head is trained on (the detection heads see ``challenges`` only).
+    the kind-attribution head is trained on (the detection heads see ``challenges`` only),
+    from the first ``attribution_limit`` of H's clean images (None: all).
     """
     if not challenges:
         raise ValueError("name at least one challenge to fit against")
@@ -99,7 +101,12 @@ def fit_detector(
     extra_rows, extra_kinds = [], []
     for i, challenge in enumerate(attribution_challenges):
         made = cache.generate(
-            challenge, model, images, labels, seed=seed + ATTRIBUTION_SEEDS + i, progress=progress
+            challenge,
+            model,
+            images[:attribution_limit],
+            labels[:attribution_limit],
+            seed=seed + ATTRIBUTION_SEEDS + i,
+            progress=progress,
         )
         extra_rows.append(
             extractor.extract_images(made, batch_size, _desc(progress, challenge.spec)).features
@@ -121,6 +128,7 @@ def fit_detector(
     summary = {
         "n_clean": len(images),
         "challenges": [{"spec": c.spec, "kind": c.kind} for c in challenges],
+        "n_attribution_images": len(images[:attribution_limit]) if attribution_challenges else 0,
         "attribution_challenges": [
             {"spec": c.spec, "kind": c.kind} for c in attribution_challenges
         ],

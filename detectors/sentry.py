@@ -74,8 +74,10 @@ class Sentry:
                 f"{where}: its novelty statistics cover {novelty.means.shape[0]} classes, the "
                 f"model has {n_classes}"
             )
-        if novelty is not None and novelty.classes is not None and (
-            novelty.classes.max(initial=-1) >= n_classes or novelty.classes.min(initial=0) < 0
+        if (
+            novelty is not None
+            and novelty.classes is not None
+            and (novelty.classes.max(initial=-1) >= n_classes or novelty.classes.min(initial=0) < 0)
         ):
             raise BundleMismatchError(
                 f"{where}: its novelty statistics name classes up to "

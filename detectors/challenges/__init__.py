@@ -11,7 +11,6 @@ from detectors.challenges.carlini_wagner import CarliniWagnerL2
 from detectors.challenges.corruption import Corruption
 from detectors.challenges.deepfool import DeepFoolAttack
 from detectors.challenges.errors import ChallengeError
-from detectors.challenges.fgm_l2 import FGML2
 from detectors.challenges.fgsm import FGSM
 from detectors.challenges.hop_skip_jump import HopSkipJumpAttack
 from detectors.challenges.mim import MomentumIterative
@@ -31,7 +30,6 @@ from detectors.challenges.square import Square
 
 __all__ = [
     "BIM",
-    "FGML2",
     "FGSM",
     "KINDS",
     "PGD",

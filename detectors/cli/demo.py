@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--limit",
         type=int,
-        help="evaluate on the first N test images only (fashion's committed report: 2000)",
+        help="evaluate on the first N test images only (fashion's committed report: 500)",
     )
     p.add_argument(
         "--keep-model",
@@ -100,8 +100,9 @@ def build(entry: DemoDataset, splits: dict, args: argparse.Namespace) -> int:
         det.labels,
         [parse_spec(s) for s in entry.fit_challenges],
         attribution_challenges=[parse_spec(s) for s in entry.attribution_challenges],
-        stats_images=splits["classifier"].images,
-        stats_labels=splits["classifier"].labels,
+        attribution_limit=entry.attribution_limit,
+        stats_images=splits["classifier"].images[: entry.stats_limit],
+        stats_labels=splits["classifier"].labels[: entry.stats_limit],
         progress=progress,
         cache=SetCache(args.cache),
     )

@@ -15,7 +15,6 @@ FIT_CHALLENGES: tuple[str, ...] = (
 #: heads); none of them is a set of the report, so its unseen sets stay unseen.
 ATTRIBUTION_CHALLENGES: tuple[str, ...] = (
     "mim:eps=0.25,eps_step=0.025,steps=10",
-    "fgm_l2:eps=3.0",
     "corruption:type=speckle_noise,severity=2",
     "corruption:type=speckle_noise,severity=4",
     "corruption:type=gaussian_blur,severity=2",

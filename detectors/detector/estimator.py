@@ -178,6 +178,7 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
                 np.concatenate([row_kinds, extra_kinds]),
                 kinds_,
                 rng,
+                len(X),
             )
 
         self.transform_ = transform
@@ -192,13 +193,23 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
         self.threshold_, self.calibration_fpr_ = calibrate_threshold(cal_scores, self.target_fpr)
         return self
 
-    def _fit_head(self, X: np.ndarray, y: np.ndarray, row_kinds: np.ndarray) -> Pipeline:
-        """Fit one fresh pipeline on transformed rows X [M, F] with labels y int [M]."""
+    def _fit_head(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        row_kinds: np.ndarray,
+        boost: np.ndarray | None = None,
+    ) -> Pipeline:
+        """Fit one fresh pipeline on transformed rows X [M, F] with labels y int [M]
+        (``boost`` float [M]: factors on the balanced weights)."""
         pipe = build_classifier(self.classifier, int(self.random_state))
         fit_params = {}
         if self.balance:
             # Only the classifier is weighted: the scaler is mere conditioning.
-            fit_params[f"{pipe.steps[-1][0]}__sample_weight"] = balanced_weights(row_kinds)
+            weights = balanced_weights(row_kinds)
+            fit_params[f"{pipe.steps[-1][0]}__sample_weight"] = (
+                weights if boost is None else weights * boost
+            )
         pipe.fit(X, y, **fit_params)
         # Strategies address probability columns by label, so labels must be exactly 0..C-1.
         if not np.array_equal(pipe.classes_, np.arange(len(pipe.classes_))):
@@ -211,8 +222,11 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
         row_kinds: np.ndarray,
         kinds: tuple[str, ...],
         rng: np.random.Generator,
+        n_detection: int,
     ) -> Pipeline:
-        """Fit the kind-against-kind head on the challenge rows of Xt [N, F] (transformed).
+        """Fit the kind-against-kind head on the challenge rows of Xt [N, F] (transformed);
+        the first ``n_detection`` rows are the detection heads' rows, the rest
+        attribution-only rows.
 
         A first fit leaves ``calibration_fraction`` of each kind's rows out; they set the
         temperature and measure the held-out accuracy. The head kept is refitted on all the
@@ -220,14 +234,15 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
         """
         rows, y = attribution.targets(kinds, row_kinds)
         X, sub_kinds = Xt[rows], row_kinds[rows]
+        boost = attribution.detection_boost(sub_kinds, np.flatnonzero(rows) < n_detection)
         held = attribution.held_out_rows(y, self.calibration_fraction, rng)
-        first = self._fit_head(X[~held], y[~held], sub_kinds[~held])
+        first = self._fit_head(X[~held], y[~held], sub_kinds[~held], boost[~held])
         probas = first.predict_proba(X[held])
-        weights = balanced_weights(sub_kinds[held])
+        weights = balanced_weights(sub_kinds[held]) * boost[held]
         self.attribution_temperature_ = attribution.fit_temperature(probas, y[held], weights)
         hits = probas.argmax(axis=1) == y[held]
         self.attribution_accuracy_ = float(np.sum(weights * hits) / np.sum(weights))
-        return self._fit_head(X, y, sub_kinds)
+        return self._fit_head(X, y, sub_kinds, boost)
 
     def _check_ready(self) -> None:
         check_is_fitted(self, "heads_")

@@ -194,3 +194,13 @@ def test_attribution_rows_must_be_fitted_kinds(train_set: Data) -> None:
         det.fit(X[keep], kinds[keep], extra_X, extra_kinds)
     with pytest.raises(ValueError, match="together"):
         det.fit(X, kinds, extra_X)
+
+
+def test_detection_boost_gives_fitted_and_extra_rows_half_a_kind_each() -> None:
+    from detectors.detector.attribution import detection_boost
+
+    kinds = np.array(["ood"] * 2 + ["corrupted"] * 5 + ["adversarial"] * 3)
+    detection = np.array([True, True, True, False, False, False, False, True, True, True])
+    boost = detection_boost(kinds, detection)
+    # corrupted: 1 fitted row and 4 extra rows -> 2.5 and 0.625 (each group sums to 2.5)
+    np.testing.assert_allclose(boost, [1, 1, 2.5, 0.625, 0.625, 0.625, 0.625, 1, 1, 1])

@@ -33,6 +33,9 @@ class DemoDataset:
     report_sets: () -> [(name, challenge spec)] of every set the report evaluates.
     check_bars: report dict (``Report.to_dict()``) -> the data set's bars.
     test_limit: how many test images the committed report evaluates (None: all).
+    stats_limit: how many classifier-split images fit the feature statistics (None: all).
+    attribution_limit: from how many detector-split images the attribution-only sets
+        are made (None: all).
     """
 
     name: str
@@ -51,6 +54,8 @@ class DemoDataset:
     check_bars: Callable[[dict[str, Any]], list[Bar]]
     detector_data: str
     test_limit: int | None = None
+    stats_limit: int | None = None
+    attribution_limit: int | None = None
 
     def load_model(self, artifacts: Path | None = None) -> nn.Module:
         """The committed classifier in eval mode (weights loaded with weights_only=True)."""
