@@ -53,9 +53,9 @@ def test_committed_bundle_matches_its_entry(name: str) -> None:
     sentry = Sentry.load(entry.load_model(), entry.artifacts / "bundle")
     summary = sentry.bundle.manifest["fit_summary"]
     assert [c["spec"] for c in summary["challenges"]] == list(entry.fit_challenges)
-    assert [c["spec"] for c in summary["attribution_challenges"]] == list(
-        entry.attribution_challenges
-    )
+    assert [c["spec"] for c in summary["attribution_challenges"]] == [
+        parse_spec(s).spec for s in entry.attribution_challenges
+    ]
     with np.load(entry.artifacts / "samples.npz", allow_pickle=False) as d:
         images = d["images"].astype(np.float32)[:, None] / 255.0
         labels = d["labels"].astype(np.int64)
