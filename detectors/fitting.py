@@ -23,6 +23,9 @@ from detectors.features import DEFAULT_LOSSES, FeatureExtractor
 from detectors.precision import fitted_on
 from detectors.setcache import SetCache
 
+#: Attribution-only sets are seeded from seed + this + their position (fit sets: seed + 1 + i).
+ATTRIBUTION_SEEDS = 100
+
 
 @dataclass
 class FitResult:
@@ -40,6 +43,8 @@ def fit_detector(
     labels: np.ndarray,
     challenges: Sequence[Challenge],
     *,
+    attribution_challenges: Sequence[Challenge] = (),
+    attribution_limit: int | None = None,
     stats_images: np.ndarray | None = None,
     stats_labels: np.ndarray | None = None,
     losses: Sequence[str] = DEFAULT_LOSSES,
@@ -64,6 +69,9 @@ def fit_detector(
     calibration_fraction: share of H's clean rows held out to calibrate the threshold.
     challenge_model: the model the challenges are generated against (default ``model``); a
     float16/bfloat16 ``model`` passes its float32 original, as attack libraries feed float32.
+    attribution_challenges: more generators, made from the same clean images, that only
+    the kind-attribution head is trained on (the detection heads see ``challenges`` only),
+    from the first ``attribution_limit`` of H's clean images (None: all).
     """
     if not challenges:
         raise ValueError("name at least one challenge to fit against")
@@ -99,6 +107,20 @@ def fit_detector(
             extractor.extract_images(made, batch_size, _desc(progress, challenge.spec)).features
         )
         kinds += [challenge.kind] * len(made)
+    extra_rows, extra_kinds = [], []
+    for i, challenge in enumerate(attribution_challenges):
+        made = cache.generate(
+            challenge,
+            challenge_model or model,
+            images[:attribution_limit],
+            labels[:attribution_limit],
+            seed=seed + ATTRIBUTION_SEEDS + i,
+            progress=progress,
+        )
+        extra_rows.append(
+            extractor.extract_images(made, batch_size, _desc(progress, challenge.spec)).features
+        )
+        extra_kinds += [challenge.kind] * len(made)
     detector = ReliabilityDetector(
         classifier=classifier,
         strategy=strategy,
@@ -106,10 +128,19 @@ def fit_detector(
         calibration_fraction=calibration_fraction,
         log_columns=extractor.log_columns,
         random_state=seed,
-    ).fit(np.concatenate(rows), np.array(kinds))
+    ).fit(
+        np.concatenate(rows),
+        np.array(kinds),
+        np.concatenate(extra_rows) if extra_rows else None,
+        np.array(extra_kinds) if extra_rows else None,
+    )
     summary = {
         "n_clean": len(images),
         "challenges": [{"spec": c.spec, "kind": c.kind} for c in challenges],
+        "n_attribution_images": len(images[:attribution_limit]) if attribution_challenges else 0,
+        "attribution_challenges": [
+            {"spec": c.spec, "kind": c.kind} for c in attribution_challenges
+        ],
         "losses": list(losses),
         "seed": seed,
         "n_stats": len(stats_images),

@@ -1,7 +1,8 @@
 """On-disk cache of generated challenge sets, so re-running an evaluation skips the attacks.
 
 A set is keyed by the challenge's canonical spec, the seed, the model's parameter
-fingerprint and a hash of the clean inputs: any change regenerates it. Files are plain
+fingerprint (for challenges that use the model: attacks) and a hash of the clean
+inputs: any change regenerates it. Files are plain
 npz read with ``allow_pickle=False``; a corrupt file is regenerated, never trusted.
 """
 
@@ -63,7 +64,8 @@ class SetCache:
             return None
         # Hashed on every call, not memoised per model object: weights updated in place
         # (or a new model reusing a freed object's id) must not hit sets of old weights.
-        fp = model_fingerprint(model)
+        # Sets that do not depend on the model (corruptions, OOD) are shared by every model.
+        fp = model_fingerprint(model) if challenge.uses_model else "any model"
         h = hashlib.sha256()
         for part in (challenge.spec, str(seed), fp, str(images.shape)):
             h.update(part.encode() + b"\0")

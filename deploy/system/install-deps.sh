@@ -22,6 +22,7 @@ set -uo pipefail
 #   debootstrap           the image's local base; this script's own test
 # An entry that starts with / is a file or folder a data package provides:
 #   /usr/share/datasets/fashion-mnist   the Fashion-MNIST benchmark's images
+#   /usr/share/gimp/2.0/patterns        GIMP's texture patterns (the `textures` OOD set)
 NEEDS=(
   "prometheus prometheus"
   "promtool prometheus"
@@ -33,6 +34,7 @@ NEEDS=(
   "dockerd docker.io"
   "debootstrap debootstrap"
   "/usr/share/datasets/fashion-mnist dataset-fashion-mnist"
+  "/usr/share/gimp/2.0/patterns gimp-data"
 )
 # No special case for npm: a NodeSource node ships its own npm, so npm is only missing
 # beside a Debian node, whose npm package then installs cleanly.

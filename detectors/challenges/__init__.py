@@ -13,6 +13,7 @@ from detectors.challenges.deepfool import DeepFoolAttack
 from detectors.challenges.errors import ChallengeError
 from detectors.challenges.fgsm import FGSM
 from detectors.challenges.hop_skip_jump import HopSkipJumpAttack
+from detectors.challenges.mim import MomentumIterative
 from detectors.challenges.ood import OutOfDistribution
 from detectors.challenges.pgd import PGD
 from detectors.challenges.registry import (
@@ -40,6 +41,7 @@ __all__ = [
     "DeepFoolAttack",
     "HopSkipJumpAttack",
     "Kind",
+    "MomentumIterative",
     "OutOfDistribution",
     "Square",
     "available",

@@ -86,6 +86,10 @@ class ArtAttack(Challenge):
     def stochastic(self) -> bool:
         return False
 
+    @property
+    def uses_model(self) -> bool:
+        return True
+
     @abstractmethod
     def _attack(self, classifier: PyTorchClassifier, ctx: ChallengeContext) -> Any:
         """An ART evasion attack on ``classifier`` configured from ``self.params``."""

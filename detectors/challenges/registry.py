@@ -121,6 +121,12 @@ class Challenge(ABC):
         """Whether the seed changes the output (False: the same output for every seed)."""
         return True
 
+    @property
+    def uses_model(self) -> bool:
+        """Whether the output depends on the model (attacks); corruptions and OOD sets
+        depend only on the clean images and the seed."""
+        return False
+
     def validate(self) -> None:
         """Check parameter ranges; raise ChallengeError naming the parameter."""
         return None  # no ranges to check unless a subclass declares some

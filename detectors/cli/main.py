@@ -15,7 +15,9 @@ from detectors.cli.commands import build_parser as _build_parser
 COMMANDS: dict[str, Command] = {
     "fit": Command("detectors.cli.fit", "fit the detector H and write a bundle"),
     "eval": Command("detectors.cli.evaluate", "evaluate a bundle against named challenge sets"),
-    "demo": Command("detectors.cli.demo", "rebuild or evaluate the bundled MNIST demo"),
+    "demo": Command(
+        "detectors.cli.demo", "rebuild or evaluate a bundled demo (MNIST digits, Fashion-MNIST)"
+    ),
     "attack": Command(
         "detectors.cli.attack",
         "adaptive-attack report: PGD that knows the detector, against gradsentry and baselines",

@@ -103,3 +103,62 @@ def format_bars(bars: list[Bar]) -> str:
         f"| {b.name} | {b.value:.4f} | {b.target} | {'yes' if b.met else '**no**'} |" for b in bars
     ]
     return "\n".join(rows)
+
+
+def _margin_bar(report: dict[str, Any], what: str, keep, at_least: float) -> Bar:
+    """gradsentry's mean AUROC over ``keep``'s sets minus the best baseline's there."""
+    primary = report["primary"]
+    baselines = [m for m in report["methods"] if m != primary]
+    best = max(baselines, key=lambda m: _mean_auroc(report, m, keep))
+    margin = _mean_auroc(report, primary, keep) - _mean_auroc(report, best, keep)
+    return Bar(
+        f"{what}: mean AUROC margin over the best baseline ({best})",
+        margin,
+        f">= {at_least}",
+        margin >= at_least,
+    )
+
+
+def check_fashion_bars(report: dict[str, Any]) -> list[Bar]:
+    """The Fashion-MNIST benchmark's bars: a ≥ 1-point AUROC margin over the best baseline
+    per family (corruptions at severity 5) and over every unseen set, MNIST digits as
+    OOD ≥ 0.99, unseen harmful sets ≥ 0.98, kind attribution ≥ 90% on unseen sets, and
+    the clean false-positive rate within 1 point of the target."""
+    primary = report["primary"]
+    bars = [
+        _margin_bar(report, "adversarial sets", lambda s: s["family"] == "adversarial", 0.01),
+        _margin_bar(
+            report,
+            "15 corruptions at severity 5",
+            lambda s: s["family"] == "corrupted" and s["name"].endswith(" s5"),
+            0.01,
+        ),
+        _margin_bar(report, "OOD sets", lambda s: s["family"] == "ood", 0.01),
+        _margin_bar(report, "all unseen sets", lambda s: not s["seen"], 0.01),
+    ]
+    digits = _mean_auroc(report, primary, lambda s: s["name"] == "mnist digits")
+    bars.append(Bar("MNIST digits as OOD, AUROC", digits, ">= 0.99", digits >= 0.99))
+    harmful = _mean_auroc(report, primary, lambda s: not s["seen"] and s["harmful"])
+    bars.append(Bar("unseen harmful sets, mean AUROC", harmful, ">= 0.98", harmful >= 0.98))
+    confusion = report.get("kind_confusion")
+    if confusion is not None and confusion["accuracy"] is not None:
+        bars.append(
+            Bar(
+                "kind: flagged inputs of unseen sets attributed to their true family",
+                confusion["accuracy"],
+                ">= 0.90",
+                confusion["accuracy"] >= 0.90,
+            )
+        )
+    meta = report["meta"]
+    gap = meta["clean_false_positive_rate"] - meta["target_fpr"]
+    bars.append(
+        Bar(
+            f"clean test FPR {meta['clean_false_positive_rate']:.2%} vs target "
+            f"{meta['target_fpr']:.0%}: gap",
+            gap,
+            "|gap| <= 0.01",
+            abs(gap) <= 0.01,
+        )
+    )
+    return bars

@@ -11,6 +11,19 @@ FIT_CHALLENGES: tuple[str, ...] = (
     "ood:source=uniform",
 )
 
+#: More generators per family for the kind-attribution head only (not the detection
+#: heads); none of them is a set of the report, so its unseen sets stay unseen.
+ATTRIBUTION_CHALLENGES: tuple[str, ...] = (
+    "mim:eps=0.25,eps_step=0.025,steps=10",
+    "corruption:type=speckle_noise,severity=2",
+    "corruption:type=speckle_noise,severity=4",
+    "corruption:type=gaussian_blur,severity=2",
+    "corruption:type=gaussian_blur,severity=4",
+    "corruption:type=spatter,severity=3",
+    "ood:source=shapes",
+    "ood:source=smooth",
+)
+
 ATTACKS: tuple[tuple[str, str], ...] = (
     ("fgsm eps 0.1", "fgsm:eps=0.1"),
     ("fgsm eps 0.2", "fgsm:eps=0.2"),

@@ -96,17 +96,34 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
             if not isinstance(getattr(self, name), bool | np.bool_):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
-    def fit(self, X: np.ndarray, kinds: Sequence[str] | np.ndarray) -> Self:
+    def fit(
+        self,
+        X: np.ndarray,
+        kinds: Sequence[str] | np.ndarray,
+        attribution_X: np.ndarray | None = None,
+        attribution_kinds: Sequence[str] | np.ndarray | None = None,
+    ) -> Self:
         """Fit the heads and calibrate the threshold.
 
         Args:
             X: raw features float [N, F] (norms before the log transform), finite.
             kinds: str [N], each "clean", "adversarial", "ood" or "corrupted"; at least one
                 clean row and one challenge row.
+            attribution_X: more challenge rows, raw features float [M, F], that only the
+                attribution head is trained on (more generators per kind teach it what a
+                family is without changing what the detection heads were fitted on).
+            attribution_kinds: str [M], each one of the challenge kinds present in ``kinds``.
         """
         self._check_params()
         X = check_features(X)
         row_kinds = check_kinds(kinds, len(X))
+        if (attribution_X is None) != (attribution_kinds is None):
+            raise ValueError("give attribution_X and attribution_kinds together")
+        if attribution_X is None:
+            extra_X, extra_kinds = np.empty((0, X.shape[1])), np.empty(0, dtype=str)
+        else:
+            extra_X = check_features(attribution_X, X.shape[1], "attribution_X")
+            extra_kinds = check_kinds(attribution_kinds, len(extra_X))
         transform = LogTransform(self.log_columns)
         if transform.n_features not in (None, X.shape[1]):
             raise ValueError(
@@ -148,8 +165,21 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
         for head in strategy.head_names(kinds_):
             rows, y = strategy.targets(head, kinds_, fit_kinds)
             heads[head] = self._fit_head(fit_X[rows], y, fit_kinds[rows])
+        unknown = sorted(set(extra_kinds.tolist()) - set(kinds_))
+        if unknown:
+            raise ValueError(
+                f"attribution_kinds {unknown} are not challenge kinds of the detection rows "
+                f"{list(kinds_)}"
+            )
+        self.n_attribution_extra_ = len(extra_X)
         if self.attribution and len(kinds_) > 1:
-            heads[attribution.HEAD] = self._fit_attribution(Xt, row_kinds, kinds_, rng)
+            heads[attribution.HEAD] = self._fit_attribution(
+                np.concatenate([Xt, transform.transform(extra_X)]) if len(extra_X) else Xt,
+                np.concatenate([row_kinds, extra_kinds]),
+                kinds_,
+                rng,
+                len(X),
+            )
 
         self.transform_ = transform
         self.strategy_ = strategy
@@ -163,13 +193,23 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
         self.threshold_, self.calibration_fpr_ = calibrate_threshold(cal_scores, self.target_fpr)
         return self
 
-    def _fit_head(self, X: np.ndarray, y: np.ndarray, row_kinds: np.ndarray) -> Pipeline:
-        """Fit one fresh pipeline on transformed rows X [M, F] with labels y int [M]."""
+    def _fit_head(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        row_kinds: np.ndarray,
+        boost: np.ndarray | None = None,
+    ) -> Pipeline:
+        """Fit one fresh pipeline on transformed rows X [M, F] with labels y int [M]
+        (``boost`` float [M]: factors on the balanced weights)."""
         pipe = build_classifier(self.classifier, int(self.random_state))
         fit_params = {}
         if self.balance:
             # Only the classifier is weighted: the scaler is mere conditioning.
-            fit_params[f"{pipe.steps[-1][0]}__sample_weight"] = balanced_weights(row_kinds)
+            weights = balanced_weights(row_kinds)
+            fit_params[f"{pipe.steps[-1][0]}__sample_weight"] = (
+                weights if boost is None else weights * boost
+            )
         pipe.fit(X, y, **fit_params)
         # Strategies address probability columns by label, so labels must be exactly 0..C-1.
         if not np.array_equal(pipe.classes_, np.arange(len(pipe.classes_))):
@@ -182,8 +222,11 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
         row_kinds: np.ndarray,
         kinds: tuple[str, ...],
         rng: np.random.Generator,
+        n_detection: int,
     ) -> Pipeline:
-        """Fit the kind-against-kind head on the challenge rows of Xt [N, F] (transformed).
+        """Fit the kind-against-kind head on the challenge rows of Xt [N, F] (transformed);
+        the first ``n_detection`` rows are the detection heads' rows, the rest
+        attribution-only rows.
 
         A first fit leaves ``calibration_fraction`` of each kind's rows out; they set the
         temperature and measure the held-out accuracy. The head kept is refitted on all the
@@ -191,14 +234,15 @@ class ReliabilityDetector(ScoringMixin, BaseEstimator):
         """
         rows, y = attribution.targets(kinds, row_kinds)
         X, sub_kinds = Xt[rows], row_kinds[rows]
+        boost = attribution.detection_boost(sub_kinds, np.flatnonzero(rows) < n_detection)
         held = attribution.held_out_rows(y, self.calibration_fraction, rng)
-        first = self._fit_head(X[~held], y[~held], sub_kinds[~held])
+        first = self._fit_head(X[~held], y[~held], sub_kinds[~held], boost[~held])
         probas = first.predict_proba(X[held])
-        weights = balanced_weights(sub_kinds[held])
+        weights = balanced_weights(sub_kinds[held]) * boost[held]
         self.attribution_temperature_ = attribution.fit_temperature(probas, y[held], weights)
         hits = probas.argmax(axis=1) == y[held]
         self.attribution_accuracy_ = float(np.sum(weights * hits) / np.sum(weights))
-        return self._fit_head(X, y, sub_kinds)
+        return self._fit_head(X, y, sub_kinds, boost)
 
     def _check_ready(self) -> None:
         check_is_fitted(self, "heads_")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ SOURCES = sorted(sources())
 
 
 def test_expected_sources_are_registered() -> None:
-    assert {"uniform", "gaussian", "digits", "skimage"} <= set(SOURCES)
+    assert {"uniform", "gaussian", "digits", "skimage", "textures", "shapes", "smooth"} <= set(
+        SOURCES
+    )
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 20, 24)])
@@ -89,3 +92,38 @@ def test_external_problems_surface_as_data_errors(tmp_path: Path) -> None:
     ood = parse_spec(f"ood:source={path}")
     with pytest.raises(DataError, match="no 'images' array"):
         ood.generate(ChallengeContext(_clean(2), None, None, seed=0))
+
+
+def _pat(width: int, height: int, depth: int, pixels: np.ndarray, name: bytes = b"t\0") -> bytes:
+    """A GIMP pattern file as GIMP writes it."""
+    header = struct.pack(">5I4s", 24 + len(name), 1, width, height, depth, b"GPAT") + name
+    return header + pixels.astype(np.uint8).tobytes()
+
+
+def test_gimp_patterns_are_read_as_gimp_writes_them(tmp_path: Path) -> None:
+    from detectors.challenges.ood_sources.textures import read_pat
+
+    rgba = np.arange(3 * 2 * 4).reshape(3, 2, 4) * 10  # H=3, W=2, RGBA
+    (tmp_path / "a.pat").write_bytes(_pat(2, 3, 4, rgba))
+    image = read_pat(tmp_path / "a.pat")
+    assert image.shape == (3, 3, 2) and image.dtype == np.float32  # alpha dropped
+    np.testing.assert_allclose(image * 255, rgba[..., :3].transpose(2, 0, 1), atol=1e-4)
+    grey = np.full((4, 5, 1), 200)
+    (tmp_path / "g.pat").write_bytes(_pat(5, 4, 1, grey))
+    assert read_pat(tmp_path / "g.pat").shape == (1, 4, 5)
+    (tmp_path / "bad.pat").write_bytes(b"\0" * 30)
+    with pytest.raises(ValueError, match="not a GIMP pattern"):
+        read_pat(tmp_path / "bad.pat")
+
+
+def test_textures_come_from_the_named_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A folder with one flat pattern: every crop is that grey level.
+    (tmp_path / "flat.pat").write_bytes(_pat(40, 40, 1, np.full((40, 40, 1), 51)))
+    monkeypatch.setenv("GRADSENTRY_TEXTURES_DIR", str(tmp_path))
+    images = sources()["textures"](3, (1, 28, 28), np.random.default_rng(0))
+    np.testing.assert_allclose(images, 0.2, atol=1e-6)
+    monkeypatch.setenv("GRADSENTRY_TEXTURES_DIR", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="gimp-data"):
+        sources()["textures"](3, (1, 28, 28), np.random.default_rng(0))

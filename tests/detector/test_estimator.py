@@ -161,3 +161,46 @@ def test_small_calibration_set_warns() -> None:
     X, kinds = make_features(rng, {"clean": 60, "ood": 60})
     with pytest.warns(CalibrationWarning, match="only 15 held-out clean rows"):
         ReliabilityDetector(log_columns=LOG_COLUMNS).fit(X, kinds)
+
+
+def test_attribution_only_rows_train_the_kind_head_alone(train_set: Data, fresh_set: Data) -> None:
+    # Extra rows of a kind the detection rows barely show: the detection heads (and so
+    # the scores and the threshold) must not move; the kind head must learn from them.
+    X, kinds = train_set
+    keep = (kinds != "ood") | (np.cumsum(kinds == "ood") <= 20)  # 20 OOD detection rows
+    extra_X, extra_kinds = make_features(np.random.default_rng(7), {"ood": 600})
+    plain = ReliabilityDetector(log_columns=LOG_COLUMNS).fit(X[keep], kinds[keep])
+    more = ReliabilityDetector(log_columns=LOG_COLUMNS).fit(
+        X[keep], kinds[keep], extra_X, extra_kinds
+    )
+    test_X, test_kinds = fresh_set
+    np.testing.assert_array_equal(more.predict_proba(test_X), plain.predict_proba(test_X))
+    assert more.threshold_ == plain.threshold_ and more.n_attribution_extra_ == 600
+
+    def ood_named(det: ReliabilityDetector) -> float:
+        scores = det.kind_scores(test_X[test_kinds == "ood"])
+        stacked = np.stack([scores[k] for k in KINDS], axis=1)
+        return float((np.array(KINDS)[stacked.argmax(axis=1)] == "ood").mean())
+
+    assert ood_named(more) > ood_named(plain)
+
+
+def test_attribution_rows_must_be_fitted_kinds(train_set: Data) -> None:
+    X, kinds = train_set
+    keep = kinds != "ood"
+    extra_X, extra_kinds = make_features(np.random.default_rng(7), {"ood": 5})
+    det = ReliabilityDetector(log_columns=LOG_COLUMNS)
+    with pytest.raises(ValueError, match=r"attribution_kinds \['ood'\]"):
+        det.fit(X[keep], kinds[keep], extra_X, extra_kinds)
+    with pytest.raises(ValueError, match="together"):
+        det.fit(X, kinds, extra_X)
+
+
+def test_detection_boost_gives_fitted_and_extra_rows_half_a_kind_each() -> None:
+    from detectors.detector.attribution import detection_boost
+
+    kinds = np.array(["ood"] * 2 + ["corrupted"] * 5 + ["adversarial"] * 3)
+    detection = np.array([True, True, True, False, False, False, False, True, True, True])
+    boost = detection_boost(kinds, detection)
+    # corrupted: 1 fitted row and 4 extra rows -> 2.5 and 0.625 (each group sums to 2.5)
+    np.testing.assert_allclose(boost, [1, 1, 2.5, 0.625, 0.625, 0.625, 0.625, 1, 1, 1])

@@ -32,6 +32,8 @@ def test_fit_result_describes_the_fit(
         "losses": list(DEFAULT_LOSSES),
         "seed": 3,
         "n_stats": STATS_SLICE.stop - STATS_SLICE.start,
+        "n_attribution_images": 0,
+        "attribution_challenges": [],
     }
     # The summary stores canonical specs, which is what "seen" is judged by later.
     assert fitted.summary["challenges"][0]["spec"] == "fgsm:eps=0.2"
@@ -121,3 +123,38 @@ def test_stats_data_and_losses_reach_the_extractor(
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["feature_spec"]["losses"] == ["all_ones", "runner_up"]
     assert manifest["strategy"] == "binary"
+
+
+def test_attribution_only_challenges_leave_detection_alone(
+    fitted: FitResult,
+    digits_model: nn.Module,
+    fit_split: tuple[np.ndarray, np.ndarray],
+    digits: tuple[np.ndarray, np.ndarray],
+    test_split: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Sets only the kind head learns from: recorded in the summary, made from the first
+    ``attribution_limit`` clean images, and the detection scores do not move."""
+    images, labels = fit_split
+    extra = [parse_spec("ood:source=smooth"), parse_spec("corruption:type=gaussian_blur")]
+    result = fit_detector(
+        digits_model,
+        images,
+        labels,
+        [parse_spec(s) for s in FIT_SPECS],
+        attribution_challenges=extra,
+        attribution_limit=50,
+        stats_images=digits[0][STATS_SLICE],
+        stats_labels=digits[1][STATS_SLICE],
+        target_fpr=TARGET_FPR,
+        seed=3,
+        progress=False,
+    )
+    assert result.summary["attribution_challenges"] == [
+        {"spec": c.spec, "kind": c.kind} for c in extra
+    ]
+    assert result.summary["n_attribution_images"] == 50
+    assert result.detector.n_attribution_extra_ == 100
+    test = fitted.extractor.extract_images(test_split[0]).features
+    np.testing.assert_array_equal(
+        result.detector.predict_proba(test), fitted.detector.predict_proba(test)
+    )

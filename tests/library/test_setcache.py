@@ -135,3 +135,23 @@ def test_disabled_cache_writes_nothing(
     made = _generate(SetCache(None), digits_model, images, "ood:source=uniform")
     assert made.shape == images[0].shape
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sets_that_ignore_the_model_are_shared_by_every_model(
+    tmp_path: Path, digits_model: nn.Module, images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Corruptions and OOD sets depend on the images and the seed only: another model's
+    run (a retrained classifier) finds them; an attack's set it does not."""
+    other = copy.deepcopy(digits_model)
+    with torch.no_grad():
+        other.fc2.weight.mul_(-1.0)
+    cache = SetCache(tmp_path / "sets")
+    for spec in ("ood:source=uniform", "corruption:type=contrast,severity=3"):
+        assert not parse_spec(spec).uses_model
+        first = _generate(cache, digits_model, images, spec)
+        np.testing.assert_array_equal(_generate(cache, other, images, spec), first)
+    assert len(_files(tmp_path / "sets")) == 2
+    assert parse_spec(FGSM).uses_model
+    _generate(cache, digits_model, images)
+    _generate(cache, other, images)
+    assert len(_files(tmp_path / "sets")) == 4

@@ -15,8 +15,8 @@ from detectors.demo import ARTIFACTS
 from detectors.sentry import Sentry
 from detectors.verdicts import Verdicts
 from service.config import ConfigError, load_config
-from service.numerics import CUBLAS_WORKSPACE, apply_cuda_numerics, cuda_numerics_state
 from service.engine.pipeline import Pipeline
+from service.numerics import CUBLAS_WORKSPACE, apply_cuda_numerics, cuda_numerics_state
 
 # Answers of one pipeline for one input, batched or alone: float64 noise of the statistics
 # after the model, the criterion the pipeline's own calibration uses.
