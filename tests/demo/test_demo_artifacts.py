@@ -56,7 +56,7 @@ def test_demo_names_the_kinds_it_was_fitted_on() -> None:
         # Measured on these 64 digits: FGSM 95%, Gaussian noise 88%, uniform noise 100%
         # named right. The attribution head also learns from attribution-only generators
         # (blur, spatter, speckle, MIM, shapes, smooth noise): that costs the fitted noise
-        # a few points (96% before) and buys the unseen sets' families (README, "Kind
+        # a few points (96% before) and buys the unseen sets' families (docs/results.md, "Kind
         # attribution"). 80% leaves room for 5 more misses in 64.
         assert (kinds == challenge.kind).mean() >= 0.8, (spec, kinds.tolist())
 
@@ -74,7 +74,7 @@ def test_committed_demo_report_meets_every_bar() -> None:
     assert len(bars) == 10
     kind = next(b for b in bars if b.name.startswith("kind:"))
     assert kind.value == report["kind_confusion"]["accuracy"]
-    # The kind bar is shown in docs/demo/bars.md but not met yet (README: "Kind
+    # The kind bar is shown in docs/demo/bars.md but not met yet (docs/results.md: "Kind
     # attribution"); every detection bar must be.
     missed = [
         f"{b.name}: {b.value:.4f} (target {b.target})" for b in bars if not b.met and b is not kind
