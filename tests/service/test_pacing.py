@@ -114,11 +114,11 @@ def test_next_batch_leaves_just_before_the_model_is_free(sentry, samples, just_i
         batcher.close()
         pipeline.worker.shutdown()
     if just_in_time:
-        # Handed over close to the end of the first batch (aimed 1 ms before it): the model
-        # went straight on to it, long before max_delay_ms (2 s) was up. The batcher's
-        # thread may be scheduled late on a loaded machine (seen: 0.5 ms after the end on
-        # 2 busy cores), so "close" is ±50 ms around the end, not strictly before it.
-        assert -0.2 < pipeline.handed[1] - pipeline.done[0] < 0.05
+        # Handed over near the end of the first batch (aimed 1 ms before it): not at once
+        # (that would be ~0.25 s before the end) and long before max_delay_ms (2 s) was up.
+        # The bounds tell those three apart with wide margins, because the batcher's thread
+        # may be scheduled late on a loaded machine (seen: over 50 ms on 2 busy cores).
+        assert -0.2 < pipeline.handed[1] - pipeline.done[0] < 0.5
         assert elapsed < 1.5
         assert batcher.stats().peak_in_flight == 2
     else:  # without it the second waits its full max_delay_ms for company
