@@ -40,6 +40,15 @@ HOLDING = {
     "queue_size": 512,
     "grace_seconds": GRACE,
 }
+# For SIGTERM during the computation: the model batch is exactly every input, so it leaves
+# the queue the moment the last one is queued (however slowly the calls arrive; the 60 s
+# wait is never reached); the CheckBatch is sent once the rest are queued, so "queue empty
+# again, no answer back" then means the batch is in the worker.
+COMPUTING = {
+    **HOLDING,
+    "max_batch_size": UNARY + STREAMS * PER_STREAM + BATCH,
+    "max_delay_ms": 60_000,
+}
 # When SIGTERM is sent: once every input is queued; once the batch has left the queue for
 # the model worker and is computing there (no answer back yet); once the first input is
 # queued; at once, while the calls are still arriving (some received by gRPC and not yet
@@ -84,7 +93,7 @@ def test_sigterm_answers_every_accepted_call_and_cancels_none(
     reference = sentry.check(torch.from_numpy(x)).predicted
     requests = [tensor_request(x[i]) for i in range(total)]
     with (
-        serve_process(tmp_path, **HOLDING) as server,
+        serve_process(tmp_path, **(COMPUTING if moment == "computing" else HOLDING)) as server,
         grpc.insecure_channel(server.target) as channel,
         ThreadPoolExecutor(STREAMS) as pool,
     ):
@@ -94,10 +103,14 @@ def test_sigterm_answers_every_accepted_call_and_cancels_none(
         )
         assert next(watch).status == SERVING
 
+        def send_batch() -> grpc.Future:
+            return stub.CheckBatch.future(
+                pb.CheckBatchRequest(requests=requests[:BATCH]), timeout=WAIT
+            )
+
         unary = [stub.Check.future(requests[i], timeout=WAIT) for i in range(UNARY)]
-        batch = stub.CheckBatch.future(
-            pb.CheckBatchRequest(requests=requests[:BATCH]), timeout=WAIT
-        )
+        # For "computing" the CheckBatch goes last: its inputs complete the model batch.
+        batch = None if moment == "computing" else send_batch()
         streams = [
             pool.submit(
                 stream_outcome,
@@ -106,10 +119,12 @@ def test_sigterm_answers_every_accepted_call_and_cancels_none(
             )
             for s in range(STREAMS)
         ]
-        if moment in ("all_queued", "computing"):
+        if moment == "all_queued":
             wait_queued(server, total + BATCH)
-        if moment == "computing":
-            wait_dispatched(server)
+        elif moment == "computing":
+            wait_queued(server, total)  # the model batch waits for the last 8 inputs
+            batch = send_batch()
+            wait_dispatched(server)  # full: it left the queue for the worker at once
         elif moment == "first_queued":
             wait_queued(server, 1)
         queued = server.metric("gradsentry_queue_depth")  # taken in before SIGTERM
