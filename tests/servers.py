@@ -68,8 +68,9 @@ def calls_ended(running: SentryServer, method: str, code: str) -> float:
 
 def wait_calls_ended(running: SentryServer, method: str, code: str, count: float) -> float:
     """``calls_ended`` once it reaches ``count`` (the server records a call as it ends it,
-    which a client may see a moment earlier), or after 5 s."""
-    deadline = time.monotonic() + 5
+    which a client may see a moment earlier; on a loaded machine, seconds earlier), or
+    after ``WAIT``."""
+    deadline = time.monotonic() + WAIT
     while (n := calls_ended(running, method, code)) < count and time.monotonic() < deadline:
         time.sleep(0.01)
     return n
