@@ -19,6 +19,8 @@ Needs root and debootstrap, which ``make system-deps`` installs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -82,10 +84,25 @@ def base() -> Path:
     return tarball
 
 
+@contextlib.contextmanager
+def _cache_held() -> Iterator[None]:
+    """The shared package cache for this block alone: apt in two roots at once (two test
+    runs on one machine) would fail on the cache's own lock."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture()
 def fresh_root(base: Path, tmp_path: Path) -> Iterator[Path]:
-    """A throwaway root from the base: /proc mounted, the package cache shared, no daemon
-    allowed to start, the script copied in."""
+    """A throwaway root from the base: /proc mounted, the package cache shared (by one
+    run at a time), no daemon allowed to start, the script copied in."""
+    with _cache_held():
+        yield from _fresh_root(base, tmp_path)
+
+
+def _fresh_root(base: Path, tmp_path: Path) -> Iterator[Path]:
     root = tmp_path / "root"
     root.mkdir()
     with tarfile.open(base) as tar:
