@@ -71,29 +71,35 @@ def check_bars(report: dict[str, Any]) -> list[Bar]:
         bars.append(
             Bar(f"{family}: margin over the best baseline ({best})", margin, "> 0", margin > 0)
         )
+    bars += _kind_bar(report)
+    return bars + _fpr_bar(report, 0.015)
+
+
+def _kind_bar(report: dict[str, Any]) -> list[Bar]:
+    """The kind bar (≥ 90% of flagged unseen inputs get their family), when reported."""
     confusion = report.get("kind_confusion")
-    if confusion is not None and confusion["accuracy"] is not None:
-        bars.append(
-            Bar(
-                "kind: flagged inputs of unseen sets attributed to their true family",
-                confusion["accuracy"],
-                ">= 0.90",
-                confusion["accuracy"] >= 0.90,
-            )
-        )
+    if confusion is None or confusion["accuracy"] is None:
+        return []
+    accuracy = confusion["accuracy"]
+    name = "kind: flagged inputs of unseen sets attributed to their true family"
+    return [Bar(name, accuracy, ">= 0.90", accuracy >= 0.90)]
+
+
+def _fpr_bar(report: dict[str, Any], tolerance: float) -> list[Bar]:
+    """Achieved clean false-positive rate within ``tolerance`` of the target, when reported."""
     meta = report["meta"]
-    if "clean_false_positive_rate" in meta:
-        gap = meta["clean_false_positive_rate"] - meta["target_fpr"]
-        bars.append(
-            Bar(
-                f"clean test FPR {meta['clean_false_positive_rate']:.2%} vs target "
-                f"{meta['target_fpr']:.0%}: gap",
-                gap,
-                "|gap| <= 0.015",
-                abs(gap) <= 0.015,
-            )
+    if "clean_false_positive_rate" not in meta:
+        return []
+    rate, target = meta["clean_false_positive_rate"], meta["target_fpr"]
+    gap = rate - target
+    return [
+        Bar(
+            f"clean test FPR {rate:.2%} vs target {target:.0%}: gap",
+            gap,
+            f"|gap| <= {tolerance:g}",
+            abs(gap) <= tolerance,
         )
-    return bars
+    ]
 
 
 def format_bars(bars: list[Bar]) -> str:
@@ -140,25 +146,5 @@ def check_fashion_bars(report: dict[str, Any]) -> list[Bar]:
     bars.append(Bar("MNIST digits as OOD, AUROC", digits, ">= 0.99", digits >= 0.99))
     harmful = _mean_auroc(report, primary, lambda s: not s["seen"] and s["harmful"])
     bars.append(Bar("unseen harmful sets, mean AUROC", harmful, ">= 0.98", harmful >= 0.98))
-    confusion = report.get("kind_confusion")
-    if confusion is not None and confusion["accuracy"] is not None:
-        bars.append(
-            Bar(
-                "kind: flagged inputs of unseen sets attributed to their true family",
-                confusion["accuracy"],
-                ">= 0.90",
-                confusion["accuracy"] >= 0.90,
-            )
-        )
-    meta = report["meta"]
-    gap = meta["clean_false_positive_rate"] - meta["target_fpr"]
-    bars.append(
-        Bar(
-            f"clean test FPR {meta['clean_false_positive_rate']:.2%} vs target "
-            f"{meta['target_fpr']:.0%}: gap",
-            gap,
-            "|gap| <= 0.01",
-            abs(gap) <= 0.01,
-        )
-    )
-    return bars
+    bars += _kind_bar(report)
+    return bars + _fpr_bar(report, 0.01)
