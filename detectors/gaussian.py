@@ -27,7 +27,10 @@ def fit_tied_gaussian(
     keep = eigval > cut * max(float(eigval.max()), 0.0)
     if not keep.any():
         raise ValueError("the fit features have zero variance; cannot fit a covariance")
-    return classes.astype(np.int64), means, eigvec[:, keep] / np.sqrt(eigval[keep])
+    # C order, as a bundle's JSON gives it back: BLAS may sum a Fortran-ordered operand in
+    # another order, and fit-time features must equal served ones bit for bit.
+    whitener = np.ascontiguousarray(eigvec[:, keep] / np.sqrt(eigval[keep]))
+    return classes.astype(np.int64), means, whitener
 
 
 def min_class_distance(feats: np.ndarray, means: np.ndarray, whitener: np.ndarray) -> np.ndarray:

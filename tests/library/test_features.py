@@ -207,6 +207,11 @@ def test_json_round_trip_gives_identical_features(
     rebuilt = FeatureExtractor.from_dict(digits_model, spec)
     assert rebuilt.schema == extractor.schema
     assert rebuilt.to_dict() == spec
+    # The same memory layout as the JSON gives back, so BLAS takes the same path: on
+    # some thread counts a Fortran-ordered whitener summed in another order (1e-13 apart).
+    assert extractor.layer_stats_ and extractor.novelty_stats_
+    for g in [*extractor.layer_stats_.values(), extractor.novelty_stats_]:
+        assert g.means.flags.c_contiguous and g.whitener.flags.c_contiguous
     np.testing.assert_array_equal(
         rebuilt.extract(batch).features, extractor.extract(batch).features
     )
