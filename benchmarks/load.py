@@ -583,10 +583,23 @@ def report(
         f"ratio {what} ({which}requests/s): {ratio:.2f}x; errors: {errors} "
         f"(target >= {args.target:g}x with 0 errors; CPU in cores of {os.cpu_count()})"
     )
+    # Each round's two runs follow each other: their ratio sees the least drift, and the
+    # spread over rounds shows how far one round can be trusted on this machine.
+    pairs = [
+        a.requests_per_second / b.requests_per_second
+        for a, b in zip(runs[top], runs[bottom], strict=True)
+        if b.requests_per_second
+    ]
+    if len(pairs) > 1:
+        print(
+            f"per round: {min(pairs):.2f}x - {max(pairs):.2f}x "
+            f"(median {float(np.median(pairs)):.2f}x over {len(pairs)} rounds)"
+        )
     if args.json:
         payload = {
             "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()},
             "ratio": ratio,
+            "round_ratios": pairs,
             "errors": errors,
         }
         Path(args.json).write_text(json.dumps(payload, indent=2), encoding="utf-8")
