@@ -47,9 +47,7 @@ def target() -> Iterator[tuple[SentryServer, str]]:
 def grpcurl(target: str, *args: str, data: str | None = None) -> str:
     """Run grpcurl against ``target`` (plaintext, reflection only); its stdout."""
     argv = [str(GRPCURL), "-plaintext", *(["-d", "@"] if data is not None else []), target]
-    done = subprocess.run(
-        [*argv, *args], input=data, capture_output=True, text=True, timeout=WAIT
-    )
+    done = subprocess.run([*argv, *args], input=data, capture_output=True, text=True, timeout=WAIT)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
