@@ -6,8 +6,8 @@ never computed. A client that disconnects (curl giving up) has its queued input 
 A malformed timeout is 400, naming the parameter, before anything is queued.
 
 The server holds every batch for company (8 inputs or 60 s), so a lone input stays queued
-for as long as the test needs; a call of 7 more inputs then fills the batch, which shows
-what the model computed: the 7, never the input whose call had ended.
+for as long as the test needs; a call of as many inputs as the batch lacks then fills it,
+which shows what the model computed: those, never the inputs whose call had ended.
 """
 
 from __future__ import annotations
@@ -84,14 +84,16 @@ def infer(running: SentryServer, x: np.ndarray, **options: int) -> triton_http.I
         client.close()
 
 
-def fill_the_batch(running: SentryServer, x: np.ndarray, before: BatcherStats, **options) -> None:
-    """Send the 7 inputs that complete the held batch: they, and only they, are computed;
-    the one input left queued by an ended call is dropped unscored."""
-    result = infer(running, x[1:], **options)
-    assert result.as_numpy("gradsentry_score").shape == (BATCH - 1,)
+def fill_the_batch(
+    running: SentryServer, x: np.ndarray, before: BatcherStats, queued: int, **options: int
+) -> None:
+    """Send the inputs that complete the held batch, ``queued`` inputs of ended calls in it:
+    the new ones, and only they, are computed; the queued ones are dropped unscored."""
+    result = infer(running, x[queued:], **options)
+    assert result.as_numpy("gradsentry_score").shape == (BATCH - queued,)
     wait_for(lambda: running.plane.batcher.stats().batches > before.batches, "no batch ran")
     stats = running.plane.batcher.stats()
-    assert stats.scored - before.scored == BATCH - 1
+    assert stats.scored - before.scored == BATCH - queued
     assert stats.submitted - before.submitted == BATCH
     assert running.plane.batcher.depth == 0
 
@@ -109,31 +111,36 @@ def test_a_timeout_is_the_calls_deadline_and_its_input_is_not_computed(
     assert held.plane.batcher.depth == 1  # still queued, but its call is over
 
     # A generous timeout is no obstacle: the 7 are answered, the late input never computed.
-    fill_the_batch(held, digits, before, timeout=int(WAIT * 1_000_000))
+    fill_the_batch(held, digits, before, 1, timeout=int(WAIT * 1_000_000))
     stats = held.plane.batcher.stats()
     assert stats.cancelled + stats.expired - before.cancelled - before.expired == 1
     assert computed(held) - model_before == BATCH - 1
 
 
-def test_a_client_that_disconnects_leaves_its_input_uncomputed(
-    held: SentryServer, digits: np.ndarray
+@pytest.mark.parametrize(
+    ("n", "parameters"),
+    [(1, {}), (2, {"timeout": 60_000_000})],
+    ids=["one-input-no-timeout", "two-inputs-a-minute"],
+)
+def test_a_client_that_disconnects_leaves_its_inputs_uncomputed(
+    held: SentryServer, digits: np.ndarray, n: int, parameters: dict
 ) -> None:
     before, model_before = held.plane.batcher.stats(), computed(held)
     gone = rest_calls(held, "CANCELLED")
     body = {
+        "parameters": parameters,
         "inputs": [
             {
                 "name": "input",
-                "shape": [1, 1, 28, 28],
+                "shape": [n, 1, 28, 28],
                 "datatype": "FP32",
-                "data": digits[0].reshape(-1).tolist(),
+                "data": digits[:n].reshape(-1).tolist(),
             }
-        ]
+        ],
     }
-    url = infer_url(held)
-    # No timeout in the request: curl gives up after 1 s and closes the connection.
+    # curl gives up after 1 s, long before any deadline, and closes the connection.
     done = subprocess.run(
-        ["curl", "-s", "--max-time", "1", "-H", JSON, "-d", "@-", url],
+        ["curl", "-s", "--max-time", "1", "-H", JSON, "-d", "@-", infer_url(held)],
         input=json.dumps(body),
         capture_output=True,
         text=True,
@@ -142,12 +149,14 @@ def test_a_client_that_disconnects_leaves_its_input_uncomputed(
     assert done.returncode == 28, done  # curl's "operation timed out"
     wait_for(lambda: rest_calls(held, "CANCELLED") == gone + 1, "the call never ended")
 
-    # timeout 0 is Triton's "none": the 7 wait for their batch and are answered.
-    fill_the_batch(held, digits, before, timeout=0)
+    assert held.plane.batcher.depth == n
+
+    # timeout 0 is Triton's "none": the others wait for their batch and are answered.
+    fill_the_batch(held, digits, before, n, timeout=0)
     stats = held.plane.batcher.stats()
-    assert stats.cancelled - before.cancelled == 1  # the client's cancel, not a deadline
+    assert stats.cancelled - before.cancelled == n  # the client's cancel, not a deadline
     assert stats.expired == before.expired
-    assert computed(held) - model_before == BATCH - 1
+    assert computed(held) - model_before == BATCH - n
 
 
 @pytest.mark.parametrize(
