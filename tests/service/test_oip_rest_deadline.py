@@ -13,6 +13,8 @@ which shows what the model computed: those, never the inputs whose call had ende
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -157,6 +159,39 @@ def test_a_client_that_disconnects_leaves_its_inputs_uncomputed(
     assert stats.cancelled - before.cancelled == n  # the client's cancel, not a deadline
     assert stats.expired == before.expired
     assert computed(held) - model_before == BATCH - n
+
+
+@pytest.mark.parametrize("sent", ["whole", "half"])
+def test_a_client_that_leaves_at_once_is_cancelled_not_an_error(
+    held: SentryServer, digits: np.ndarray, caplog: pytest.LogCaptureFixture, sent: str
+) -> None:
+    """A raw HTTP client that sends its request (or half its body) and closes the connection
+    straight away: the server sees it gone while reading the body or while the input is
+    queued; either way the call is CANCELLED (not a server error), its input never
+    computed."""
+    before, model_before = held.plane.batcher.stats(), computed(held)
+    gone, internal = rest_calls(held, "CANCELLED"), rest_calls(held, "INTERNAL")
+    data = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                     "data": digits[0].reshape(-1).tolist()}]}
+    ).encode()  # fmt: skip
+    head = (
+        f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", held.rest_port), timeout=WAIT) as sock:
+        sock.sendall(head.encode() + (data if sent == "whole" else data[: len(data) // 2]))
+    wait_for(lambda: rest_calls(held, "CANCELLED") == gone + 1, "the call never ended")
+    assert rest_calls(held, "INTERNAL") == internal
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+    queued = held.plane.batcher.depth  # 1 when it was queued before the server saw it go
+    if sent == "half":
+        assert queued == 0
+    fill_the_batch(held, digits, before, queued)
+    stats = held.plane.batcher.stats()
+    assert stats.cancelled - before.cancelled == queued
+    assert computed(held) - model_before == BATCH - queued
 
 
 @pytest.mark.parametrize(
