@@ -1,4 +1,4 @@
-"""The gRPC server: Reliability + grpc.health.v1 + reflection, with graceful drain.
+"""The gRPC server: Reliability + OIP + grpc.health.v1 + reflection, with graceful drain.
 
 ``create_server(config)`` loads the model and bundle, starts listening (health
 NOT_SERVING), runs a warm-up batch and only then reports SERVING; tests bind port 0 and
@@ -27,14 +27,14 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from detectors.errors import ModelLoadError
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
+from service._proto.inference import grpc_predict_v2_pb2 as oip_pb
 from service._proto.inference import grpc_predict_v2_pb2_grpc as oip_pb_grpc
 from service.config import ConfigError, ServerConfig, load_config
 from service.dataplane.admission import Admission, Limits
@@ -57,6 +57,7 @@ from service.transport.grpc_admission import AdmissionInterceptor
 from service.transport.grpc_v1.servicer import ReliabilityServicer
 from service.transport.oip_grpc.servicer import SERVICE_NAME as OIP_SERVICE_NAME
 from service.transport.oip_grpc.servicer import InferenceServicer
+from service.transport.reflection import enable_reflection
 
 if TYPE_CHECKING:  # starlette and uvicorn load only when REST is on
     from service.transport.oip_rest.server import RestServer
@@ -213,9 +214,14 @@ async def _build_grpc(
     pb_grpc.add_ReliabilityServicer_to_server(ReliabilityServicer(plane), server)
     oip_pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if config.reflection:
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    if config.reflection:  # every service, OIP too (its files are in a pool of their own)
+        enable_reflection(
+            server,
+            [
+                pb.DESCRIPTOR.services_by_name["Reliability"],
+                oip_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+                health_pb2.DESCRIPTOR.services_by_name["Health"],
+            ],
         )
     address = f"{config.host}:{config.port}"
     problem = _port_taken(config.host, config.port)

@@ -3,6 +3,8 @@ an address of its own, and gRPC's own refusals counted."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -37,6 +39,15 @@ def test_reflection_off_metrics_apart_and_grpc_refusals_counted(tmp_path: Path) 
                 list_services=""
             )]), timeout=WAIT))  # fmt: skip
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # grpcurl, which lists OIP too with reflection on (test_reflection), says so.
+        grpcurl = Path(sys.executable).parent / "grpcurl"
+        done = subprocess.run(
+            [str(grpcurl), "-plaintext", server.target, "list"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        assert done.returncode != 0 and "does not support the reflection API" in done.stderr
 
         # Metrics answer on their own address only.
         own = f"http://127.0.0.2:{server.metrics_port}/metrics"

@@ -11,34 +11,45 @@ each binary input's raw little-endian bytes (its ``parameters.binary_data_size``
 outputs asked for with ``parameters.binary_data`` (or the request's
 ``parameters.binary_data_output``) come back the same way.
 
+A request's ``parameters.timeout`` (microseconds, what tritonclient.http's
+``infer(timeout=...)`` sends: Triton's schedule-policy parameter) is the call's deadline,
+kept as a gRPC deadline is: inputs still queued when it passes are dropped unscored and the
+call gets 504. A client that disconnects before its answer has its queued inputs cancelled
+(never computed), as a gRPC call that ends early does.
+
 Errors are ``{"error": "<message>"}`` with the status the gRPC transports would map to:
 400 (malformed input, naming the problem), 401 (missing or wrong bearer token), 404
 (unknown model or path), 413 (body over ``max_message_bytes``), 429 (over budget, queue
 full), 503 (not ready, draining, worker restarting), 504 (deadline), 500 (a server fault,
-logged, no internals in the message). Every call is admitted by the data plane like a gRPC
-call (``ModelInfer`` shares the unary budget; the health endpoints are free and need no
-token, so kubelet probes work with auth on) and recorded in the same metrics, under the
-service label ``REST_SERVICE``.
+logged, no internals in the message); a client that left is recorded as 499 / CANCELLED.
+Every call is admitted by the data plane like a gRPC call (``ModelInfer`` shares the unary
+budget; the health endpoints are free and need no token, so kubelet probes work with auth
+on) and recorded in the same metrics, under the service label ``REST_SERVICE``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive
 
 from service.dataplane.auth import AUTH_KEY, BearerCheck
+from service.dataplane.deadline import NO_DEADLINE, wait_results
 from service.dataplane.plane import DataPlane
 from service.dataplane.request_id import REQUEST_ID_KEY, call_request_id, check_request_id
+from service.engine.pipeline import Result
 from service.errors import (
     ClientError,
     DrainingError,
@@ -65,6 +76,11 @@ _STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
 )
 _JSON = "application/json"
 HEADER_LENGTH = "inference-header-content-length"
+# The largest parameters.timeout taken, in microseconds: past it a deadline means none.
+MAX_TIMEOUT_US = int(NO_DEADLINE * 1_000_000)
+# A call still unanswered this long after its inputs were queued starts watching for its
+# client leaving; the many calls answered sooner never pay for a watching task.
+WATCH_AFTER_SECONDS = 0.05
 
 
 class BodyTooLargeError(ClientError):
@@ -73,6 +89,11 @@ class BodyTooLargeError(ClientError):
 
 class UnauthenticatedError(ClientError):
     """No or a wrong bearer token (HTTP 401)."""
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before its answer (recorded as 499 / CANCELLED; the answer
+    goes nowhere)."""
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -87,6 +108,8 @@ def status_of(exc: BaseException) -> tuple[int, str]:
         return 413, "INVALID_ARGUMENT"
     if isinstance(exc, UnauthenticatedError):
         return 401, "UNAUTHENTICATED"
+    if isinstance(exc, ClientGoneError):
+        return 499, "CANCELLED"
     for kind, status, code in _STATUS:
         if isinstance(exc, kind):
             return status, code
@@ -109,6 +132,66 @@ def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ClientError(f"{where}.parameters must be an object")
     return params
+
+
+def request_timeout(params: dict[str, Any]) -> float | None:
+    """The request's ``parameters.timeout`` (integer microseconds) -> seconds; None when it
+    is absent or 0 (Triton's "no timeout")."""
+    if "timeout" not in params:
+        return None
+    value = params["timeout"]
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIMEOUT_US:
+        shown = json.dumps(value)[:64]
+        raise ClientError(
+            f"parameters.timeout must be an integer number of microseconds from 0 (none) "
+            f"to {MAX_TIMEOUT_US}, got {shown}"
+        )
+    return value / 1_000_000 if value else None
+
+
+async def _cancel_on_disconnect(receive: Receive, futures: Sequence[Future[Result]]) -> None:
+    """Cancel ``futures`` when the client disconnects. The body has been read, so the next
+    ASGI message is ``http.disconnect``: the server sends it when the connection closes
+    (at once when it already has; until then ``receive`` waits on an event, nothing polls)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    for f in futures:
+        f.cancel()
+
+
+class DisconnectWatch:
+    """Cancels a call's queued inputs (``futures``) when its HTTP client disconnects.
+
+    uvicorn does not cancel a handler whose client left (grpc.aio does, and ``wait_results``
+    then cancels the inputs), so a task waiting for the ASGI ``http.disconnect`` message
+    does it. Such a task costs about 10 µs of the event loop per call, so it starts only
+    ``after`` seconds: a call answered sooner pays for a timer (about 3 µs with this
+    object), and a client that left before then is noticed then."""
+
+    def __init__(
+        self,
+        receive: Receive,
+        futures: Sequence[Future[Result]],
+        after: float = WATCH_AFTER_SECONDS,
+    ) -> None:
+        self._receive, self._futures = receive, futures
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(after, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.ensure_future(_cancel_on_disconnect(self._receive, self._futures))
+
+    @property
+    def client_left(self) -> bool:
+        """True once the client disconnected (and the futures were cancelled)."""
+        task = self._task
+        return task is not None and task.done() and not task.cancelled()
+
+    def close(self) -> None:
+        """Stop watching (the call is over)."""
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 def input_tensors(items: list[Any], binary: bytes) -> list[oip.InputTensor]:
@@ -290,6 +373,7 @@ class RestApp:
         return json_response({"name": self.plane.model_name, "ready": ready}, 200 if ready else 503)
 
     async def infer(self, request: Request) -> Response:
+        arrived = time.monotonic()  # a timeout counts from here, reading the body included
         plane = self.plane
         self._model(request)
         plane.admit()
@@ -298,6 +382,7 @@ class RestApp:
         if not isinstance(rid, str):
             raise ClientError("id must be a string")
         check_request_id(rid, "id")
+        timeout = request_timeout(_parameters(body, "request"))
         inputs = _field(body, "inputs", list, "request")
         asked = body.get("outputs", [])
         if not isinstance(asked, list) or not all(
@@ -319,7 +404,9 @@ class RestApp:
             lambda t: oip.decode_input(json_values(t), spec, most),
             nbytes=8 * count,
         )
-        results = await plane.score(list(batch[:, None]), None)
+        if timeout is not None:  # what is left of it, as for a gRPC deadline
+            timeout = max(timeout - (time.monotonic() - arrived), 0.0)
+        results = await self._score(request, list(batch[:, None]), timeout)
         reply: dict[str, Any] = {"model_name": plane.model_name, "model_version": oip.MODEL_VERSION}
         if rid:
             reply["id"] = rid
@@ -348,6 +435,26 @@ class RestApp:
             headers={HEADER_LENGTH: str(len(header))},
         )
 
+    async def _score(
+        self, request: Request, rows: list[np.ndarray], timeout: float | None
+    ) -> list[Result]:
+        """``plane.score`` for inputs [1, C, H, W], which also cancels the inputs still
+        queued when the client disconnects first (``DisconnectWatch``)."""
+        plane = self.plane
+        futures = plane.submit(rows, timeout)
+        watch = DisconnectWatch(request.receive, futures)
+        try:
+            results = await wait_results(futures, timeout)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if watch.client_left and not (task is not None and task.cancelling()):
+                raise ClientGoneError("the client disconnected before its answer") from None
+            raise  # this handler itself is being cancelled (the server stops)
+        finally:
+            watch.close()
+        plane.record(results)
+        return results
+
     async def _body(self, request: Request) -> tuple[dict[str, Any], bytes]:
         """The JSON body (an object) and the binary bytes after it, read up to
         ``max_body_bytes``."""
@@ -358,13 +465,16 @@ class RestApp:
                 f"{self.max_body_bytes} (max_message_bytes)"
             )
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise BodyTooLargeError(
-                    f"request body over {self.max_body_bytes} bytes (max_message_bytes)"
-                )
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise BodyTooLargeError(
+                        f"request body over {self.max_body_bytes} bytes (max_message_bytes)"
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise ClientGoneError("the client disconnected while sending the body") from None
         raw = b"".join(chunks)
         binary = b""
         length = request.headers.get(HEADER_LENGTH)
