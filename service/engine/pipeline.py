@@ -277,11 +277,16 @@ class Pipeline(BasePipeline):
         return check_in_pieces(self.sentry.check, x)
 
 
+def padding(inputs: Sequence[np.ndarray], min_rows: int) -> list[np.ndarray]:
+    """Inputs [1, C, H, W] each -> the rows of a batch of max(n, min_rows): the inputs, then
+    copies of the first (their results are dropped). Not yet concatenated: the model worker
+    writes them straight into its shared buffer."""
+    return [*inputs, *[inputs[0]] * (min_rows - len(inputs))]
+
+
 def padded_batch(inputs: Sequence[np.ndarray], min_rows: int) -> np.ndarray:
-    """Inputs [1, C, H, W] each -> one batch [max(n, min_rows), C, H, W], padded with copies
-    of the first input (their results are dropped)."""
-    rows = [*inputs, *[inputs[0]] * (min_rows - len(inputs))]
-    return np.concatenate(rows, axis=0)
+    """Inputs [1, C, H, W] each -> one batch [max(n, min_rows), C, H, W] (``padding``)."""
+    return np.concatenate(padding(inputs, min_rows), axis=0)
 
 
 def _same_rows(v: Verdicts, ref: Verdicts, k: int) -> bool:
