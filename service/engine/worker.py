@@ -36,7 +36,7 @@ from detectors.errors import ModelLoadError
 from detectors.verdicts import Verdicts
 from service.config import ServerConfig, build_config
 from service.engine.loop_reader import LoopReader
-from service.engine.pipeline import BasePipeline, Result, padding
+from service.engine.pipeline import BasePipeline, Result, one_dtype, padding
 from service.engine.shared_batch import (
     AttachedBatches,
     SharedBatchError,
@@ -175,7 +175,8 @@ class ProcessPipeline(BasePipeline):
                 results.set_exception(exc)
 
         try:
-            self._send(padding(inputs, self.min_rows if pad else 1)).add_done_callback(done)
+            parts = one_dtype(padding(inputs, self.min_rows if pad else 1), self.spec)
+            self._send(parts).add_done_callback(done)
         except Exception as exc:
             results.set_exception(exc)
         return results
