@@ -83,7 +83,7 @@ def to_model(x: np.ndarray, spec: InputSpec) -> np.ndarray:
     table = pixel_table(spec)
     out = np.empty(x.shape, table.dtype)
     for c in range(x.shape[1]):
-        np.take(table[c], x[:, c], out=out[:, c])
+        out[:, c] = table[c][x[:, c]]  # the fastest of the ways tried (np.take, torch)
     return out
 
 

@@ -286,8 +286,9 @@ class Pipeline(BasePipeline):
 
 class DevicePixels:
     """``DevicePixels(spec)(x)``: x [B, C, H, W] on the model's device -> the model's
-    input there: uint8 pixels mapped through ``codec.pixel_table`` (one gather, bit for bit
-    ``codec.to_model``), floats as they are."""
+    input there: uint8 pixels mapped through ``codec.pixel_table`` (bit for bit
+    ``codec.to_model``), floats as they are. On a GPU one gather; on the CPU ``to_model``
+    itself (NumPy's lookup took 28 ms for 64x3x224x224 where torch's indexing took 80-140)."""
 
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
@@ -298,6 +299,14 @@ class DevicePixels:
 
         if x.dtype != torch.uint8:
             return x
+        if x.device.type == "cpu":
+            return torch.from_numpy(to_model(x.numpy(), self.spec))
+        return self.gather(x)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels x [B, C, H, W] -> the model's input, by torch ops on x's device."""
+        import torch
+
         key = str(x.device)
         if key not in self._tables:
             table = torch.tensor(pixel_table(self.spec).reshape(-1), device=x.device)

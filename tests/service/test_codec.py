@@ -130,7 +130,8 @@ def test_pixels_stay_uint8_and_map_to_the_bits_of_the_float_path(dtype: str) -> 
         np.testing.assert_array_equal(got[0], pixels)
         here = to_model(got, spec)
         there = DevicePixels(spec)(torch.from_numpy(np.array(got))).numpy()
-        for x in (here, there):
+        gathered = DevicePixels(spec).gather(torch.from_numpy(np.array(got))).numpy()  # a GPU's
+        for x in (here, there, gathered):
             assert x.dtype == np.dtype(dtype)
             assert x.tobytes() == floats.tobytes()
 
