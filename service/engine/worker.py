@@ -115,6 +115,8 @@ class ProcessPipeline(BasePipeline):
         self._pending: collections.deque[_Pending] = collections.deque()
         self._closed = False
         self.restarts = 0
+        # Batches sent through the shared buffer and over the socket (under _send_lock).
+        self.sent = {"shared": 0, "socket": 0}
         self._launcher = ThreadPoolExecutor(1, thread_name_prefix="model-worker-launcher")
         self.launcher_tid: int = self._launcher.submit(threading.get_native_id).result()
         self.launcher_nice = os.getpriority(os.PRIO_PROCESS, self.launcher_tid)
@@ -220,6 +222,7 @@ class ProcessPipeline(BasePipeline):
                     batch = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
                     message = pack({"op": "check"}, {"x": batch})
                 conn.send_bytes(message)
+                self.sent["socket" if slot is None else "shared"] += 1
             except OSError:
                 with self._io:
                     self._lost(conn)  # fails ``entry`` with the others
