@@ -16,7 +16,8 @@ without the model):
            reads the slot in place and maps pixels there (``DevicePixels``)
 
 Columns: ``server ms``, the gRPC process's time per batch (decoding every input, building
-and sending the batch: on the process that runs at lower priority); ``to tensor ms``, from
+and sending the batch: on the process that runs at lower priority), ``decode ms`` the
+decoding part of it; ``to tensor ms``, from
 the start of the batch's sending to the model's input tensor ready in the worker;
 ``worker ms``, the worker's own part of that; ``server MB`` and ``worker MB``, the most
 memory each side allocated at once above its baseline during one batch (``tracemalloc``,
@@ -148,6 +149,7 @@ class Server:
             self.batches.give_back(slot)
         return {
             "server_s": t_sent - t0,
+            "decode_s": t_send - t0,
             "to_tensor_s": reply["ready"] - t_send,
             "worker_s": reply["worker_s"],
             "socket_bytes": float(reply["bytes"]),
@@ -270,7 +272,8 @@ def measure(repeats: int) -> dict[str, Any]:
 
 def print_report(report: dict[str, Any]) -> None:
     head = (
-        f"{'case':<22} {'path':<7} {'server ms':>10} {'to tensor ms':>13} {'worker ms':>10} "
+        f"{'case':<22} {'path':<7} {'server ms':>10} {'decode ms':>10} {'to tensor ms':>13} "
+        f"{'worker ms':>10} "
         f"{'server MB':>10} {'worker MB':>10} {'socket bytes':>13} {'server x':>9} "
         f"{'to tensor x':>12}"
     )
@@ -280,7 +283,7 @@ def print_report(report: dict[str, Any]) -> None:
         before = paths["before"]
         for path, r in paths.items():
             print(
-                f"{case:<22} {path:<7} {r['server_s'] * 1e3:>10.3f} "
+                f"{case:<22} {path:<7} {r['server_s'] * 1e3:>10.3f} {r['decode_s'] * 1e3:>10.3f} "
                 f"{r['to_tensor_s'] * 1e3:>13.3f} {r['worker_s'] * 1e3:>10.3f} "
                 f"{r['server_peak'] / 1e6:>10.2f} {r['worker_peak'] / 1e6:>10.2f} "
                 f"{int(r['socket_bytes']):>13d} "
