@@ -300,8 +300,8 @@ class ProcessPipeline(BasePipeline):
         if meta.get("op") == "ready" and self._shared_memory:
             try:
                 batches = self._share(conn, meta["spec"])
-            except (EOFError, OSError):
-                meta = {"message": "the model worker exited while taking its shared buffer"}
+            except (EOFError, OSError) as exc:
+                meta = {"message": f"the model worker did not take its shared buffer: {exc}"}
         if meta.get("op") != "ready":
             conn.close()
             _reap(process)
@@ -319,8 +319,9 @@ class ProcessPipeline(BasePipeline):
 
     def _share(self, conn: Connection, spec: dict[str, Any]) -> SharedBatches | None:
         """Make a shared buffer for the child that just said "ready" (``spec``: its input
-        spec) and hand it over; None (logged) when it cannot be made or mapped. OSError or
-        EOFError when the child dies meanwhile."""
+        spec) and hand it over; None (logged) when it cannot be made or the child cannot
+        map it. OSError or EOFError when the child dies or does not answer (a late answer
+        would be taken for a batch's: that child is not kept)."""
         size = slot_size(self._config.max_batch_size, spec["shape"], spec["dtype"])
         batches = SharedBatches.create(self.max_in_flight, size)
         if batches is None:
@@ -329,7 +330,7 @@ class ProcessPipeline(BasePipeline):
             conn.send_bytes(pack({"op": "batches", **batches.layout}))
             batches.send_to(conn)
             if not conn.poll(self._start_timeout):
-                raise SharedBatchError("the model worker did not map its shared buffer")
+                raise TimeoutError(f"no answer within {self._start_timeout:g} s")
             reply, _ = unpack(conn.recv_bytes())
             if reply.get("op") != "batches":
                 raise SharedBatchError(str(reply.get("message", reply)))
