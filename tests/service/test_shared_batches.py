@@ -4,6 +4,7 @@ worker, nothing left behind, and the socket when no buffer can be made."""
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import resource
@@ -145,6 +146,7 @@ def test_a_worker_killed_mid_batch_gets_a_fresh_buffer_and_nothing_is_left(sampl
     the server leaves nothing either."""
     torch.set_num_threads(1)
     me = os.getpid()
+    gc.collect()  # no buffer of an earlier test's pipeline goes away in the middle
     before = (mappings(me), descriptors(me), shm_names())
     running, port = create_server(config(max_delay_ms=0))
     pipeline = running.plane.pipeline
