@@ -1,11 +1,19 @@
 """Decoding into the model's input spec, shared by every transport.
 
 A transport turns its own tensor message into a raw array of the wire's dtype (or hands
-over an encoded image), and ``from_wire`` / ``decode_image`` turn that into float arrays
-[N, C, H, W] of ``spec.dtype``; ``finish`` refuses NaN/Inf and values outside
-``spec.value_range`` and applies the spec's normalisation. Every way a client can get an
-input wrong raises ``CodecError`` with a message that names the problem; transports map it
-to INVALID_ARGUMENT / HTTP 400.
+over an encoded image), and ``from_wire`` / ``decode_image`` turn that into arrays
+[N, C, H, W] of ``spec.dtype``, or of uint8 for pixels; ``finish`` refuses NaN/Inf and
+values outside ``spec.value_range`` and applies the spec's normalisation to floats.
+
+Pixels (uint8 tensors, decoded images) stay uint8 up to the model's device: a quarter of
+the bytes to queue, copy and send, and no float pass in the server process. There
+``to_model`` maps them through ``pixel_table`` — per channel, the value each of the 256
+levels has after the linear map onto ``value_range`` and the normalisation, computed by
+the very operations applied to a float input — so a pixel input reaches the model with
+the bits it had when it was mapped here. Their range check is a check of that table.
+
+Every way a client can get an input wrong raises ``CodecError`` with a message that names
+the problem; transports map it to INVALID_ARGUMENT / HTTP 400.
 
 An encoded image costs what its container makes the decoder do, not what its pixels are
 worth: Pillow walks PNG chunks and JPEG segments in Python, one at a time, so a 28x28 PNG
@@ -49,17 +57,44 @@ class CodecError(ClientError):
 
 
 def from_wire(raw: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """A raw array [N, C, H, W] of a wire dtype -> ``spec.dtype``, in the spec's range
-    (not yet checked): UINT8 is mapped linearly from 0..255 onto ``spec.value_range``;
-    floats are cast."""
+    """A raw array [N, C, H, W] of a wire dtype -> ``spec.dtype`` (not yet checked):
+    floats are cast (no copy when the wire has the model's dtype); UINT8 pixels stay
+    uint8 (mapped from 0..255 onto ``spec.value_range`` by ``to_model``)."""
     if raw.dtype == np.uint8:
-        return _from_uint8(raw, spec)
-    return raw.astype(spec.dtype)
+        return raw
+    return raw.astype(spec.dtype, copy=False)
 
 
 def finish(x: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """``check_values`` then ``normalise``: the array the model is given."""
+    """Floats: ``check_values`` then ``normalise``, the array the model is given. Pixels
+    (uint8): ``check_pixels``, returned as they are (``to_model`` maps them later)."""
+    if x.dtype == np.uint8:
+        return check_pixels(x, spec)
     return normalise(check_values(x, spec), spec)
+
+
+def to_model(x: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """An array [N, C, H, W] from ``finish`` -> what the model is given, of ``spec.dtype``:
+    pixels mapped through ``pixel_table`` (bit for bit what ``normalise`` makes of them
+    after the linear map), floats unchanged. The model's pipeline does the same on its
+    device (``service.engine.pipeline``)."""
+    if x.dtype != np.uint8:
+        return x
+    table = pixel_table(spec)
+    out = np.empty(x.shape, table.dtype)
+    for c in range(x.shape[1]):
+        out[:, c] = table[c][x[:, c]]  # the fastest of the ways tried (np.take, torch)
+    return out
+
+
+def check_pixels(x: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """``check_values`` of uint8 pixels as they will be mapped, from the 256 levels'
+    values (a level can land outside ``value_range`` only by float rounding at its ends,
+    or overflow a float16-sized range): the pixels are only read when a level is bad."""
+    bad = _bad_levels(spec.value_range, spec.dtype)
+    if bad is not None and bad[x].any():
+        check_values(_from_uint8(x, spec), spec)  # raises with the usual message
+    return x
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -73,7 +108,8 @@ def shape_text(shape: tuple[int, ...]) -> str:
 
 
 def decode_image(data: bytes, spec: InputSpec) -> np.ndarray:
-    """PNG/JPEG bytes -> array [1, C, H, W] of ``spec.dtype`` in the spec's range.
+    """PNG/JPEG bytes -> uint8 pixels [1, C, H, W] (``finish`` and ``to_model`` map them
+    onto the spec's range).
 
     The image must have the model's height and width (no resizing: a silently resized input
     would be scored as something else); it is converted to "L" or "RGB" as C needs.
@@ -107,7 +143,7 @@ def decode_image(data: bytes, spec: InputSpec) -> np.ndarray:
             raise
         raise CodecError(f"undecodable image (not a valid PNG or JPEG): {exc}") from None
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    return _from_uint8(chw[None], spec)
+    return np.ascontiguousarray(chw[None])
 
 
 def image_byte_limit(spec: InputSpec) -> int:
@@ -178,13 +214,13 @@ def _jpeg_segments(data: bytes, limit: int) -> int:
 
 def check_values(x: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Refuse NaN/Inf and values outside ``spec.value_range``; return x unchanged."""
-    finite = np.isfinite(x)
-    if not finite.all():
-        bad = x[~finite]
+    # Two passes and no temporary: a NaN makes min() NaN, an Inf shows in min() or max().
+    x_min, x_max = float(x.min()), float(x.max())
+    if not (math.isfinite(x_min) and math.isfinite(x_max)):
+        bad = x[~np.isfinite(x)]
         n_nan = int(np.isnan(bad).sum())
         raise CodecError(f"tensor holds non-finite values: {n_nan} NaN and {bad.size - n_nan} Inf")
     lo, hi = spec.value_range
-    x_min, x_max = float(x.min()), float(x.max())
     if x_min < lo or x_max > hi:
         # repr: the shortest text that reads back as the same number, so 1.0000001 does not
         # print as 1 (":g" keeps 6 digits).
@@ -201,7 +237,8 @@ def normalise(x: np.ndarray, spec: InputSpec) -> np.ndarray:
         return x
     mean = np.asarray(spec.mean, dtype=spec.dtype).reshape(1, -1, 1, 1)
     std = np.asarray(spec.std, dtype=spec.dtype).reshape(1, -1, 1, 1)
-    return ((x - mean) / std).astype(spec.dtype)
+    out = np.subtract(x, mean, dtype=spec.dtype)  # one new array, divided in place
+    return np.divide(out, std, out=out)
 
 
 def _from_uint8(x: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -209,6 +246,26 @@ def _from_uint8(x: np.ndarray, spec: InputSpec) -> np.ndarray:
     ``spec.dtype`` (computed in float64 and rounded once, so each value is what the float64
     formula gives, without a float64 copy of the image)."""
     return _uint8_table(spec.value_range, spec.dtype)[x]
+
+
+@functools.lru_cache(maxsize=16)
+def pixel_table(spec: InputSpec) -> np.ndarray:
+    """[C, 256] of ``spec.dtype``: what the model is given for each channel and level, by
+    the operations a float input goes through (``_from_uint8`` then ``normalise``)."""
+    levels = np.arange(256, dtype=np.uint8)[None, None, None, :]  # [1, 1, 1, 256]
+    levels = np.broadcast_to(levels, (1, spec.channels, 1, 256))
+    table = np.ascontiguousarray(normalise(_from_uint8(levels, spec), spec)[0, :, 0, :])
+    table.flags.writeable = False
+    return table
+
+
+@functools.lru_cache(maxsize=16)
+def _bad_levels(value_range: tuple[float, ...], dtype: str) -> np.ndarray | None:
+    """[256] bool: the levels whose mapped value ``check_values`` refuses; None if none."""
+    x = _uint8_table(value_range, dtype).astype(np.float64)  # compared as check_values does
+    lo, hi = value_range
+    bad = ~np.isfinite(x) | (x < lo) | (x > hi)
+    return bad if bad.any() else None
 
 
 @functools.lru_cache(maxsize=16)

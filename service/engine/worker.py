@@ -6,7 +6,8 @@ on that lock, and the server tops out at about one core whatever the machine has
 ``model_worker: process`` (the default) the server process keeps gRPC, decoding, the
 batcher and metrics, and a child process (``python -m service.engine.worker``) loads the
 model and the bundle and scores one batch at a time; the two exchange pickle-free messages
-(``service.engine.wire``) over a socket pair.
+(``service.engine.wire``) over a socket pair. A batch itself travels through a buffer the
+two processes share (``service.engine.shared_batch``): the socket carries only its header.
 
 The child ignores SIGINT/SIGTERM: the server decides when it stops (after draining), and
 it exits by itself when the server process goes away. If it dies while scoring (killed,
@@ -35,7 +36,13 @@ from detectors.errors import ModelLoadError
 from detectors.verdicts import Verdicts
 from service.config import ServerConfig, build_config
 from service.engine.loop_reader import LoopReader
-from service.engine.pipeline import BasePipeline, Result, padded_batch
+from service.engine.pipeline import BasePipeline, Result, one_dtype, padding
+from service.engine.shared_batch import (
+    AttachedBatches,
+    SharedBatchError,
+    SharedBatches,
+    slot_size,
+)
 from service.engine.wire import pack, pack_verdicts, unpack, unpack_verdicts
 from service.engine.worker_launch import spawn, take_prestarted
 from service.errors import DEVICE_FAULT_EXIT, DeviceMemoryError, WorkerError
@@ -77,7 +84,9 @@ class ProcessPipeline(BasePipeline):
     the next batch is already waiting when the child finishes one. The answers are read on
     the process's event loop (``service.event_loop``, ``service.engine.loop_reader``): nothing may
     wait for an answer on that loop's thread. When the child dies the batches it held fail
-    with ``WorkerError``, and the next batch starts a new child.
+    with ``WorkerError``, and the next batch starts a new child. Each child gets a buffer
+    shared with it, one slot per batch in flight (``shared_memory``; batches go over the
+    socket when it is False or the buffer cannot be made).
     """
 
     max_in_flight = 2
@@ -85,19 +94,29 @@ class ProcessPipeline(BasePipeline):
     # whose CPU priority the server must leave alone (service.priority).
     launcher_tids: ClassVar[set[int]] = set()
 
-    def __init__(self, config: ServerConfig, start_timeout: float = START_TIMEOUT) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        start_timeout: float = START_TIMEOUT,
+        shared_memory: bool = True,
+    ) -> None:
         self._config = config
         self._start_timeout = start_timeout
+        self._shared_memory = shared_memory
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        self._batches: SharedBatches | None = None  # the current child's shared buffer
         self._reader: LoopReader | None = None
         # ``_io`` guards the answer queue and the child's life, ``_send_lock`` the order of
         # sends; answers are matched to batches by order (the child answers one by one).
+        # A pending batch keeps the shared buffer and slot it was sent in (None: the socket).
         self._io = threading.Lock()
         self._send_lock = threading.Lock()
-        self._pending: collections.deque[Future[Verdicts]] = collections.deque()
+        self._pending: collections.deque[_Pending] = collections.deque()
         self._closed = False
         self.restarts = 0
+        # Batches sent through the shared buffer and over the socket (under _send_lock).
+        self.sent = {"shared": 0, "socket": 0}
         self._launcher = ThreadPoolExecutor(1, thread_name_prefix="model-worker-launcher")
         self.launcher_tid: int = self._launcher.submit(threading.get_native_id).result()
         self.launcher_nice = os.getpriority(os.PRIO_PROCESS, self.launcher_tid)
@@ -124,6 +143,11 @@ class ProcessPipeline(BasePipeline):
         self.manifest = hello["manifest"]
 
     @property
+    def shared(self) -> bool:
+        """Whether the current child takes its batches through a shared buffer."""
+        return self._batches is not None
+
+    @property
     def pid(self) -> int | None:
         """The current child's process id (None while none runs)."""
         return None if self._process is None else self._process.pid
@@ -136,7 +160,7 @@ class ProcessPipeline(BasePipeline):
             self._launcher.shutdown(wait=False)
             ProcessPipeline.launcher_tids.discard(self.launcher_tid)
             while self._pending:
-                self._pending.popleft().set_exception(
+                self._pending.popleft().future.set_exception(
                     WorkerError("the model worker was stopped before it answered")
                 )
 
@@ -153,18 +177,19 @@ class ProcessPipeline(BasePipeline):
                 results.set_exception(exc)
 
         try:
-            batch = padded_batch(inputs, self.min_rows if pad else 1)
-            self._send(batch).add_done_callback(done)
+            parts = one_dtype(padding(inputs, self.min_rows if pad else 1), self.spec)
+            self._send(parts).add_done_callback(done)
         except Exception as exc:
             results.set_exception(exc)
         return results
 
     def _check(self, batch: np.ndarray) -> Verdicts:
         """Send batch [B, C, H, W] to the child and wait for its Verdicts."""
-        return self._send(batch).result()
+        return self._send([batch]).result()
 
-    def _send(self, batch: np.ndarray) -> Future[Verdicts]:
-        """Queue batch [B, C, H, W] on the child (starting a new one if the last died)."""
+    def _send(self, parts: Sequence[np.ndarray]) -> Future[Verdicts]:
+        """Queue the batch [B, C, H, W] that ``parts`` (each [k, C, H, W], one dtype) make,
+        in order, on the child (starting a new one if the last died)."""
         # Sends are serialised by their own lock and made without holding ``_io``: the
         # reader must always be able to take an answer off the pipe, or a large batch
         # could wait on a child that waits for its answer to be read.
@@ -185,23 +210,41 @@ class ProcessPipeline(BasePipeline):
                         raise WorkerError(
                             "the restarted model worker loaded another detector bundle"
                         )
-                conn = self._conn
-                future: Future[Verdicts] = Future()
-                self._pending.append(future)
+                conn, batches = self._conn, self._batches
+                slot = None if batches is None else batches.take(sum(p.nbytes for p in parts))
+                entry = _Pending(Future(), batches, slot)
+                self._pending.append(entry)
             try:
-                conn.send_bytes(pack({"op": "check"}, {"x": batch}))
+                # The batch's one copy in this process: into the slot, or into the message.
+                if slot is not None and batches is not None:
+                    message = pack({"op": "check", **batches.write(slot, parts)})
+                else:
+                    batch = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+                    message = pack({"op": "check"}, {"x": batch})
+                conn.send_bytes(message)
+                self.sent["socket" if slot is None else "shared"] += 1
             except OSError:
                 with self._io:
-                    self._lost(conn)  # fails ``future`` with the others
-            return future
+                    self._lost(conn)  # fails ``entry`` with the others
+            except BaseException:
+                # Nothing was sent: no answer will come for it (sends hold ``_send_lock``,
+                # so it is still the newest pending batch).
+                with self._io:
+                    if self._pending and self._pending[-1] is entry:
+                        self._pending.pop()
+                entry.release()
+                raise
+            return entry.future
 
     def _answer(self, message: bytes) -> None:
         """One answer from the child -> the oldest pending batch."""
         meta, arrays = unpack(message)
         with self._io:
-            future = self._pending.popleft() if self._pending else None
-        if future is None:
+            pending = self._pending.popleft() if self._pending else None
+        if pending is None:
             return  # an answer nobody waits for (cannot happen; never block on it)
+        pending.release()
+        future = pending.future
         if meta.get("op") == "error" and meta.get("kind") == "out_of_memory":
             future.set_exception(DeviceMemoryError(str(meta["message"])))
         elif meta.get("op") == "error":
@@ -221,7 +264,7 @@ class ProcessPipeline(BasePipeline):
         code = self._stop(ask=False)
         why = "hit a device (CUDA) error" if code == DEVICE_FAULT_EXIT else "died"
         while self._pending:
-            self._pending.popleft().set_exception(
+            self._pending.popleft().future.set_exception(
                 WorkerError(
                     f"the model worker {why} while scoring this batch (exit code {code}); "
                     "a new one starts with the next batch: retry"
@@ -253,11 +296,17 @@ class ProcessPipeline(BasePipeline):
             meta = {"message": f"the model worker exited while loading (exit code {code})"}
         except ModelLoadError as exc:
             meta = {"message": str(exc)}
+        batches = None
+        if meta.get("op") == "ready" and self._shared_memory:
+            try:
+                batches = self._share(conn, meta["spec"])
+            except (EOFError, OSError) as exc:
+                meta = {"message": f"the model worker did not take its shared buffer: {exc}"}
         if meta.get("op") != "ready":
             conn.close()
             _reap(process)
             raise ModelLoadError(str(meta.get("message", "the model worker failed to start")))
-        self._process, self._conn = process, conn
+        self._process, self._conn, self._batches = process, conn, batches
         # Failing the batches and reaping the child can wait: not on the loop.
         self._reader = LoopReader(
             event_loop(),
@@ -268,13 +317,42 @@ class ProcessPipeline(BasePipeline):
         log.info("model worker started (pid %d)", process.pid)
         return meta
 
+    def _share(self, conn: Connection, spec: dict[str, Any]) -> SharedBatches | None:
+        """Make a shared buffer for the child that just said "ready" (``spec``: its input
+        spec) and hand it over; None (logged) when it cannot be made or the child cannot
+        map it. OSError or EOFError when the child dies or does not answer (a late answer
+        would be taken for a batch's: that child is not kept)."""
+        size = slot_size(self._config.max_batch_size, spec["shape"], spec["dtype"])
+        batches = SharedBatches.create(self.max_in_flight, size)
+        if batches is None:
+            return None
+        try:
+            conn.send_bytes(pack({"op": "batches", **batches.layout}))
+            batches.send_to(conn)
+            if not conn.poll(self._start_timeout):
+                raise TimeoutError(f"no answer within {self._start_timeout:g} s")
+            reply, _ = unpack(conn.recv_bytes())
+            if reply.get("op") != "batches":
+                raise SharedBatchError(str(reply.get("message", reply)))
+        except SharedBatchError as exc:
+            batches.close()
+            log.warning("batches go to the model worker over its socket: %s", exc)
+            return None
+        except BaseException:
+            batches.close()
+            raise
+        return batches
+
     def _stop(self, ask: bool = True) -> int | None:
         """Ask the child to exit (``ask``; not when it is known dead), kill it if it does
-        not; its exit code (caller holds ``_io``)."""
+        not, and drop its shared buffer; its exit code (caller holds ``_io``)."""
         process, conn, reader = self._process, self._conn, self._reader
+        batches, self._batches = self._batches, None
         self._process = self._conn = self._reader = None
         if reader is not None:
             reader.close()
+        if batches is not None:
+            batches.close()  # a slot still being written keeps its mapping until done
         if process is None:
             return None
         if conn is not None:
@@ -285,6 +363,20 @@ class ProcessPipeline(BasePipeline):
                     pass  # already gone
             conn.close()
         return _reap(process)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Pending:
+    """A batch with the child: its answer's Future and the shared slot it was sent in."""
+
+    future: Future[Verdicts]
+    batches: SharedBatches | None
+    slot: int | None
+
+    def release(self) -> None:
+        """The child is done with the batch: its slot may be written again."""
+        if self.batches is not None and self.slot is not None:
+            self.batches.give_back(self.slot)
 
 
 def _reap(process: subprocess.Popen[bytes]) -> int:
@@ -328,16 +420,31 @@ def worker_main(conn: Connection) -> None:
         "manifest": pipeline.manifest,
     }
     conn.send_bytes(pack(ready))
+    batches: AttachedBatches | None = None
     while True:
         try:
             meta, arrays = unpack(conn.recv_bytes())
+            if meta.get("op") == "batches":  # the shared buffer's descriptor follows
+                try:
+                    batches = AttachedBatches.receive(conn, meta)
+                    conn.send_bytes(pack({"op": "batches"}))
+                except SharedBatchError as exc:
+                    conn.send_bytes(pack({"op": "error", "message": str(exc)}))
+                continue
         except (EOFError, OSError):
             return  # the server process is gone
         if meta.get("op") == "stop":
             return
         try:
-            # The received array is a read-only view of the message; torch wants its own.
-            verdicts = pipeline._check(np.array(arrays["x"]))
+            if "slot" in meta:
+                if batches is None:
+                    raise SharedBatchError("a batch names a slot but no buffer is shared")
+                x = batches.batch(meta)  # read in place: the server leaves it until answered
+            else:
+                # The received array is a read-only view of the message; torch wants its own.
+                x = np.array(arrays["x"])
+            verdicts = pipeline._check(x)
+            del x
             reply = pack_verdicts(verdicts)
         except DeviceMemoryError as exc:
             reply = pack({"op": "error", "message": str(exc), "kind": "out_of_memory"})

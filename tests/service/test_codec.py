@@ -7,10 +7,12 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
-from service.dataplane.codec import CodecError
+from service.dataplane.codec import CodecError, _from_uint8, check_values, normalise, to_model
+from service.engine.pipeline import DevicePixels
 from service.spec import InputSpec, SpecError
 from service.transport.grpc_v1.codec import decode
 
@@ -21,6 +23,11 @@ def encode(image: Image.Image, fmt: str) -> pb.CheckRequest:
     buf = io.BytesIO()
     image.save(buf, format=fmt)
     return pb.CheckRequest(image=pb.EncodedImage(data=buf.getvalue()))
+
+
+def model_input(request: pb.CheckRequest, spec: InputSpec) -> np.ndarray:
+    """What the model is given for ``request``: decoded, then pixels mapped."""
+    return to_model(decode(request, spec), spec)
 
 
 def test_float_tensors_of_every_wire_dtype_normalised_per_channel() -> None:
@@ -44,12 +51,12 @@ def test_images_convert_to_the_specs_channels_and_range() -> None:
     gray = InputSpec(shape=(1, 4, 5))
     pixels = np.arange(60, dtype=np.uint8).reshape(4, 5, 3) * 4
     rgb_image = Image.fromarray(pixels, mode="RGB")
-    as_gray = decode(encode(rgb_image, "PNG"), gray)
+    as_gray = model_input(encode(rgb_image, "PNG"), gray)
     np.testing.assert_allclose(as_gray[0, 0], np.asarray(rgb_image.convert("L")) / 255, atol=1e-6)
     plain = InputSpec(shape=(3, 4, 5), value_range=(-1.0, 1.0))
-    as_rgb = decode(encode(rgb_image, "PNG"), plain)
+    as_rgb = model_input(encode(rgb_image, "PNG"), plain)
     np.testing.assert_allclose(as_rgb[0], pixels.transpose(2, 0, 1) / 255 * 2 - 1, atol=1e-6)
-    jpeg = decode(encode(Image.fromarray(pixels[..., 0], mode="L"), "JPEG"), plain)
+    jpeg = model_input(encode(Image.fromarray(pixels[..., 0], mode="L"), "JPEG"), plain)
     assert jpeg.shape == (1, 3, 4, 5) and np.allclose(jpeg[0, 0], jpeg[0, 1])
 
 
@@ -99,3 +106,62 @@ def test_uint8_scaling_by_table_equals_the_float64_formula(value_range, dtype) -
     got = _from_uint8(x, spec)
     assert got.dtype == np.dtype(dtype) and got.shape == x.shape
     np.testing.assert_array_equal(got, want)  # bit for bit: one rounding either way
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_pixels_stay_uint8_and_map_to_the_bits_of_the_float_path(dtype: str) -> None:
+    """Images and UINT8 tensors are decoded to uint8; mapped here (``to_model``) or on the
+    model's device (``DevicePixels``, torch) they are bit for bit what the linear map and
+    the normalisation make of them as floats."""
+    spec = InputSpec(
+        shape=(3, 4, 5), dtype=dtype, value_range=(-0.5, 2.5), mean=(0.1, 0.5, -0.5), std=(1, 3, 7)
+    )
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (3, 4, 5), dtype=np.uint8)
+    pixels.flat[:2] = (0, 255)
+    tensor = pb.CheckRequest(
+        tensor=pb.Tensor(dtype=pb.UINT8, shape=[3, 4, 5], data=pixels.tobytes())
+    )
+    image = encode(Image.fromarray(pixels.transpose(1, 2, 0), mode="RGB"), "PNG")
+    floats = normalise(check_values(_from_uint8(pixels[None], spec), spec), spec)
+    for request in (tensor, image):
+        got = decode(request, spec)
+        assert got.dtype == np.uint8 and got.shape == (1, 3, 4, 5)
+        np.testing.assert_array_equal(got[0], pixels)
+        here = to_model(got, spec)
+        there = DevicePixels(spec)(torch.from_numpy(np.array(got))).numpy()
+        gathered = DevicePixels(spec).gather(torch.from_numpy(np.array(got))).numpy()  # a GPU's
+        for x in (here, there, gathered):
+            assert x.dtype == np.dtype(dtype)
+            assert x.tobytes() == floats.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["tensor", "image"])
+def test_pixels_whose_level_maps_outside_the_range_are_refused_as_floats_are(kind: str) -> None:
+    """In float32, level 255 of the range [0, 0.1] maps to 0.1000000015 > 0.1: refused,
+    with the message the float path gives; pixels that avoid it pass."""
+    spec = InputSpec(shape=(1, 4, 5), value_range=(0.0, 0.1))
+
+    def request(pixels: np.ndarray) -> pb.CheckRequest:
+        if kind == "image":
+            return encode(Image.fromarray(pixels[0], mode="L"), "PNG")
+        return pb.CheckRequest(
+            tensor=pb.Tensor(dtype=pb.UINT8, shape=[1, 4, 5], data=pixels.tobytes())
+        )
+
+    pixels = np.full((1, 4, 5), 254, np.uint8)
+    assert decode(request(pixels), spec).dtype == np.uint8
+    pixels[0, 1, 2] = 255
+    with pytest.raises(CodecError) as info:
+        decode(request(pixels), spec)
+    with pytest.raises(CodecError) as floats:
+        check_values(_from_uint8(pixels[None], spec), spec)
+    assert str(info.value) == str(floats.value) and "out of range" in str(info.value)
+
+
+def test_non_finite_values_are_counted() -> None:
+    x = np.zeros((3, 4, 5), np.float32)
+    x.flat[:3] = (np.nan, np.inf, -np.inf)
+    req = pb.CheckRequest(tensor=pb.Tensor(dtype=pb.FLOAT32, shape=[3, 4, 5], data=x.tobytes()))
+    with pytest.raises(CodecError, match="1 NaN and 2 Inf"):
+        decode(req, RGB)
