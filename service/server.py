@@ -390,8 +390,27 @@ def _start_rest(config: ServerConfig, plane: DataPlane) -> RestServer | None:
 
 
 def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then drain gracefully (must run in the main thread)."""
+    """Run until SIGTERM or SIGINT, then drain gracefully (must run in the main thread).
+
+    The handlers are installed before anything starts: a SIGTERM while the model loads or
+    warms up (Kubernetes stops pods that are still starting) lets start-up finish, then
+    stops at once with exit 0, instead of killing the process by the default action.
+    """
+    started: list[SentryServer] = []
+    asked: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not started:  # still starting: stop as soon as there is a server to stop
+            log.info("signal %d while starting: stopping once started", signum)
+            asked.append(signum)
+            return
+        log.info("signal %d: draining for up to %.1f s", signum, config.grace_seconds)
+        started[0].stop(config.grace_seconds)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     running, _ = create_server(config)
+    started.append(running)
     pipeline = running.plane.pipeline
     # The process is ours alone here (create_server leaves the priority of a process that
     # embeds it, a test run for one, alone: lowering cannot be undone without privileges).
@@ -399,13 +418,9 @@ def serve(config: ServerConfig) -> None:
         lower_threads(
             config.server_nice, keep=ProcessPipeline.launcher_tids, base=pipeline.launcher_nice
         )
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: draining for up to %.1f s", signum, config.grace_seconds)
+    if asked:  # a signal came before ``started`` held the server
+        log.info("signal %d: draining for up to %.1f s", asked[0], config.grace_seconds)
         running.stop(config.grace_seconds)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     running.wait_for_termination()
 
 

@@ -26,7 +26,7 @@ from detectors.sentry import Sentry
 from service._proto.gradsentry.v1 import reliability_pb2 as pb
 from service._proto.gradsentry.v1 import reliability_pb2_grpc as pb_grpc
 from service.transport import grpc_defaults as transport
-from tests.servers import WAIT, ServerProcess, serve_process, tensor_request
+from tests.servers import WAIT, ServerProcess, serve_process, spawn_serve, tensor_request
 
 UNARY, STREAMS, PER_STREAM, BATCH = 100, 16, 4, 8
 GRACE = 20.0
@@ -210,3 +210,24 @@ def test_serve_chooses_its_grpc_transport(tmp_path: Path) -> None:
     with serve_process(tmp_path) as server:
         text = server.log_text()
     assert f"gRPC core experiments: {transport.SERVER_EXPERIMENTS!r}" in text, text
+
+
+def test_sigterm_while_starting_stops_once_started(tmp_path: Path) -> None:
+    """SIGTERM during the warm-up (a pod stopped while it starts) is not fatal: start-up
+    finishes, then the server stops at once with exit 0, nothing logged as a crash."""
+    # A warm-up batch of 256 inputs: far longer than the 10 ms between looks at the log.
+    proc, log_path = spawn_serve(tmp_path, max_batch_size=256, queue_size=512)
+    try:
+        deadline = time.monotonic() + WAIT
+        while "warming up" not in (text := log_path.read_text(errors="replace")):
+            assert proc.poll() is None and time.monotonic() < deadline, text
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0, log_path.read_text(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+    text = log_path.read_text(errors="replace")
+    assert "while starting: stopping once started" in text, text
+    assert "gradsentry serving" in text and "Traceback" not in text, text
