@@ -25,6 +25,7 @@ shape with tiny data costs nothing; each error names the tensor.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from service.dataplane.codec import CodecError, finish, from_wire, shape_text
+from service.dataplane.deadline import NO_DEADLINE
 from service.dataplane.plane import ModelInfo
 from service.engine.pipeline import Result
 from service.errors import NotFoundError
@@ -51,6 +53,8 @@ NUMPY_OF = {
     "INT64": np.dtype("<i8"),
 }
 FEATURES = "gradsentry_features"
+# The largest parameters.timeout taken, in microseconds: past it a deadline means none.
+MAX_TIMEOUT_US = int(NO_DEADLINE * 1_000_000)
 # The typed-contents field (gRPC) of each input datatype.
 TYPED_FIELD = {"FP32": "fp32_contents", "FP64": "fp64_contents"}
 
@@ -176,6 +180,19 @@ def check_model(name: str, version: str, served: str) -> None:
         raise ModelNotFoundError(
             f"unknown version {version!r} of model {served!r}: it has version {MODEL_VERSION!r}"
         )
+
+
+def timeout_seconds(value: Any) -> float | None:
+    """A request's ``parameters.timeout`` (integer microseconds: Triton's per-request
+    timeout, what tritonclient's ``infer(timeout=...)`` sends over HTTP and gRPC) ->
+    seconds; None for 0 (Triton's "no timeout")."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIMEOUT_US:
+        shown = json.dumps(value, default=str)[:64]  # as the client wrote it (JSON)
+        raise CodecError(
+            f"parameters.timeout must be an integer number of microseconds from 0 (none) "
+            f"to {MAX_TIMEOUT_US}, got {shown}"
+        )
+    return value / 1_000_000 if value else None
 
 
 def requested_outputs(names: Sequence[str]) -> list[OutputSpec]:

@@ -1,4 +1,5 @@
-"""OIP REST calls have deadlines and end when their client leaves, as gRPC calls do.
+"""OIP REST calls have deadlines and end when their client leaves, as gRPC calls do; an
+OIP gRPC call's ``parameters.timeout`` is its deadline too.
 
 ``parameters.timeout`` (microseconds, what ``tritonclient.http``'s ``infer(timeout=...)``
 sends) is the call's deadline: past it the call gets 504 and its input, still queued, is
@@ -19,11 +20,15 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
+from service._proto.inference import grpc_predict_v2_pb2 as oip_pb
+from service._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from service.dataplane.deadline import NO_DEADLINE
 from service.engine.batcher import BatcherStats
 from service.server import SentryServer
@@ -225,4 +230,58 @@ def test_a_malformed_timeout_is_400_naming_it_before_any_work(
     assert status == "400", done.stdout
     error = json.loads(text)["error"]
     assert error.startswith("parameters.timeout must be an integer number of microseconds")
+    assert held.plane.batcher.stats().submitted == submitted  # refused before queueing
+
+
+# OIP over gRPC: tritonclient.grpc's ``infer(timeout=...)`` sends the same parameter.
+
+
+def grpc_calls_ended(running: SentryServer, code: str) -> float:
+    labels = {"service": "inference.GRPCInferenceService", "method": "ModelInfer", "code": code}
+    return running.metrics.registry.get_sample_value("gradsentry_requests_total", labels) or 0.0
+
+
+def test_a_grpc_timeout_parameter_is_the_calls_deadline_too(
+    held: SentryServer, digits: np.ndarray
+) -> None:
+    before, model_before = held.plane.batcher.stats(), computed(held)
+    ended = grpc_calls_ended(held, "DEADLINE_EXCEEDED")
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{held.port}")
+    try:
+        tensor = triton_grpc.InferInput("input", [1, 1, 28, 28], "FP32")
+        tensor.set_data_from_numpy(digits[:1])
+        with pytest.raises(InferenceServerException) as info:  # 0.3 s, in microseconds,
+            client.infer(MODEL, [tensor], timeout=300_000, client_timeout=WAIT)  # < 60 s
+    finally:
+        client.close()
+    assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    # The server counts the call once its answer is out: a moment after the client has it.
+    wait_for(lambda: grpc_calls_ended(held, "DEADLINE_EXCEEDED") == ended + 1, "not counted")
+    assert held.plane.batcher.depth == 1  # still queued, but its call is over
+    fill_the_batch(held, digits, before, 1)
+    assert computed(held) - model_before == BATCH - 1
+
+
+@pytest.mark.parametrize(
+    "param",
+    [{"int64_param": -1}, {"string_param": "1000"}, {"bool_param": True},
+     {"int64_param": MAX_TIMEOUT_US + 1}, {}],
+    ids=["negative", "string", "bool", "over-max", "unset"],
+)  # fmt: skip
+def test_a_malformed_grpc_timeout_is_invalid_argument_before_any_work(
+    held: SentryServer, digits: np.ndarray, param: dict
+) -> None:
+    submitted = held.plane.batcher.stats().submitted
+    request = oip_pb.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 28, 28])
+    request.raw_input_contents.append(digits[0].tobytes())
+    request.parameters["timeout"].CopyFrom(oip_pb.InferParameter(**param))
+    with grpc.insecure_channel(f"127.0.0.1:{held.port}") as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request, timeout=WAIT)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(
+        "parameters.timeout must be an integer number of microseconds"
+    )
     assert held.plane.batcher.stats().submitted == submitted  # refused before queueing

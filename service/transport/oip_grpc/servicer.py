@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import math
+import time
 
 import grpc
 
@@ -62,6 +63,22 @@ def input_tensors(request: pb.ModelInferRequest) -> list[oip.InputTensor]:
             values = getattr(contents, oip.TYPED_FIELD[t.datatype])
         tensors.append(oip.InputTensor(t.name, t.datatype, shape, None, values, typed))
     return tensors
+
+
+def parameter_timeout(request: pb.ModelInferRequest) -> float | None:
+    """The request's ``parameters["timeout"]`` (microseconds, as tritonclient.grpc's
+    ``infer(timeout=...)`` sends it) -> seconds; None when absent or 0."""
+    if "timeout" not in request.parameters:
+        return None
+    param = request.parameters["timeout"]
+    which = param.WhichOneof("parameter_choice")
+    value = getattr(param, which) if which else None
+    return oip.timeout_seconds(value)
+
+
+def earliest(a: float | None, b: float | None) -> float | None:
+    """The sooner of two timeouts in seconds (None: no deadline)."""
+    return b if a is None else a if b is None else min(a, b)
 
 
 @functools.lru_cache(maxsize=256)
@@ -120,12 +137,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        plane = self.plane
+        plane, arrived = self.plane, time.monotonic()
         oip.check_model(request.model_name, request.model_version, plane.model_name)
         plane.admit()
         await grpc_calls.request_id(context)
         check_request_id(request.id, "ModelInferRequest.id")
         chosen = oip.requested_outputs([o.name for o in request.outputs])
+        asked = parameter_timeout(request)  # counts from the call's arrival, as in Triton
         tensor = oip.the_input(input_tensors(request))
         spec, most = plane.spec, plane.batcher.queue_size
         n = oip.input_rows(tensor, spec, most)  # before any data is read
@@ -133,7 +151,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         (batch,), _ = await plane.decode(
             [tensor], lambda t: oip.decode_input(t, spec, most), nbytes=nbytes
         )
-        results = await plane.score(list(batch[:, None]), grpc_calls.timeout(context))
+        if asked is not None:
+            asked = max(asked - (time.monotonic() - arrived), 0.0)
+        timeout = earliest(grpc_calls.timeout(context), asked)
+        results = await plane.score(list(batch[:, None]), timeout)
         outputs = oip.outputs(results, chosen)
         response = pb.ModelInferResponse()
         response.CopyFrom(

@@ -46,7 +46,7 @@ from starlette.routing import Route
 from starlette.types import Receive
 
 from service.dataplane.auth import AUTH_KEY, BearerCheck
-from service.dataplane.deadline import NO_DEADLINE, wait_results
+from service.dataplane.deadline import wait_results
 from service.dataplane.plane import DataPlane
 from service.dataplane.request_id import REQUEST_ID_KEY, call_request_id, check_request_id
 from service.engine.pipeline import Result
@@ -76,8 +76,6 @@ _STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
 )
 _JSON = "application/json"
 HEADER_LENGTH = "inference-header-content-length"
-# The largest parameters.timeout taken, in microseconds: past it a deadline means none.
-MAX_TIMEOUT_US = int(NO_DEADLINE * 1_000_000)
 # A call still unanswered this long after its inputs were queued starts watching for its
 # client leaving; the many calls answered sooner never pay for a watching task.
 WATCH_AFTER_SECONDS = 0.05
@@ -132,21 +130,6 @@ def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ClientError(f"{where}.parameters must be an object")
     return params
-
-
-def request_timeout(params: dict[str, Any]) -> float | None:
-    """The request's ``parameters.timeout`` (integer microseconds) -> seconds; None when it
-    is absent or 0 (Triton's "no timeout")."""
-    if "timeout" not in params:
-        return None
-    value = params["timeout"]
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIMEOUT_US:
-        shown = json.dumps(value)[:64]
-        raise ClientError(
-            f"parameters.timeout must be an integer number of microseconds from 0 (none) "
-            f"to {MAX_TIMEOUT_US}, got {shown}"
-        )
-    return value / 1_000_000 if value else None
 
 
 async def _cancel_on_disconnect(receive: Receive, futures: Sequence[Future[Result]]) -> None:
@@ -382,7 +365,8 @@ class RestApp:
         if not isinstance(rid, str):
             raise ClientError("id must be a string")
         check_request_id(rid, "id")
-        timeout = request_timeout(_parameters(body, "request"))
+        params = _parameters(body, "request")
+        timeout = oip.timeout_seconds(params["timeout"]) if "timeout" in params else None
         inputs = _field(body, "inputs", list, "request")
         asked = body.get("outputs", [])
         if not isinstance(asked, list) or not all(
