@@ -3,25 +3,14 @@ shared buffer a batch costs a header on the socket and no copy in the worker."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.scripts import run_script
 
 
 def test_the_batch_path_benchmark_runs_and_counts_bytes(tmp_path: Path) -> None:
     out = tmp_path / "batch_path.json"
-    done = subprocess.run(
-        [sys.executable, "benchmarks/batch_path.py", "--repeats", "1", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = run_script("batch_path.py", "--repeats", "1", "--json", str(out))
     big = 64 * 3 * 224 * 224
     for kind, itemsize in (("float32", 4), ("uint8", 1)):
         case = report[f"64x3x224x224 {kind}"]

@@ -3,12 +3,10 @@ one-shot device check works the day a GPU is there."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.scripts import run_script
+
 SECTIONS = (
     "environment",
     "placement",
@@ -21,23 +19,7 @@ SECTIONS = (
 
 def test_the_device_check_runs_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/gpu_check.py",
-            "--device",
-            "cpu",
-            "--quick",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = run_script("gpu_check.py", "--device", "cpu", "--quick", "--out", str(out))
     for name in (*SECTIONS, "sidecar"):
         assert "error" not in report[name], report[name]
     assert report["placement"]["model_parameters"] == ["cpu"]

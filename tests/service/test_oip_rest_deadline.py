@@ -64,6 +64,14 @@ def infer_url(running: SentryServer) -> str:
     return f"http://127.0.0.1:{running.rest_port}/v2/models/{MODEL}/infer"
 
 
+def json_body(x: np.ndarray, **parameters: object) -> str:
+    """An infer request's JSON body: inputs x [N, 1, 28, 28] as one FP32 tensor."""
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32"}
+    return json.dumps(
+        {"parameters": parameters, "inputs": [{**tensor, "data": x.reshape(-1).tolist()}]}
+    )
+
+
 def rest_calls(running: SentryServer, code: str) -> float:
     labels = {"service": REST, "method": "ModelInfer", "code": code}
     return running.metrics.registry.get_sample_value("gradsentry_requests_total", labels) or 0.0
@@ -134,21 +142,10 @@ def test_a_client_that_disconnects_leaves_its_inputs_uncomputed(
 ) -> None:
     before, model_before = held.plane.batcher.stats(), computed(held)
     gone = rest_calls(held, "CANCELLED")
-    body = {
-        "parameters": parameters,
-        "inputs": [
-            {
-                "name": "input",
-                "shape": [n, 1, 28, 28],
-                "datatype": "FP32",
-                "data": digits[:n].reshape(-1).tolist(),
-            }
-        ],
-    }
     # curl gives up after 1 s, long before any deadline, and closes the connection.
     done = subprocess.run(
         ["curl", "-s", "--max-time", "1", "-H", JSON, "-d", "@-", infer_url(held)],
-        input=json.dumps(body),
+        input=json_body(digits[:n], **parameters),
         capture_output=True,
         text=True,
         timeout=WAIT,
@@ -176,10 +173,7 @@ def test_a_client_that_leaves_at_once_is_cancelled_not_an_error(
     computed."""
     before, model_before = held.plane.batcher.stats(), computed(held)
     gone, internal = rest_calls(held, "CANCELLED"), rest_calls(held, "INTERNAL")
-    data = json.dumps(
-        {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                     "data": digits[0].reshape(-1).tolist()}]}
-    ).encode()  # fmt: skip
+    data = json_body(digits[:1]).encode()
     head = (
         f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nhost: 127.0.0.1\r\n"
         f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n"
@@ -208,20 +202,9 @@ def test_a_malformed_timeout_is_400_naming_it_before_any_work(
     held: SentryServer, digits: np.ndarray, timeout: object
 ) -> None:
     submitted = held.plane.batcher.stats().submitted
-    body = {
-        "parameters": {"timeout": timeout},
-        "inputs": [
-            {
-                "name": "input",
-                "shape": [1, 1, 28, 28],
-                "datatype": "FP32",
-                "data": digits[0].reshape(-1).tolist(),
-            }
-        ],
-    }
     done = subprocess.run(
         ["curl", "-s", "-w", "\n%{http_code}", "-H", JSON, "-d", "@-", infer_url(held)],
-        input=json.dumps(body),
+        input=json_body(digits[:1], timeout=timeout),
         capture_output=True,
         text=True,
         timeout=WAIT,
