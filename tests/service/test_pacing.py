@@ -118,8 +118,10 @@ def test_next_batch_leaves_just_before_the_model_is_free(sentry, samples, just_i
         # (that would be ~0.25 s before the end) and long before max_delay_ms (2 s) was up.
         # The bounds tell those three apart with wide margins, because the batcher's thread
         # may be scheduled late on a loaded machine (seen: over 50 ms on 2 busy cores).
+        # Whether the hand-over came just before or just after the end (two batches in
+        # flight or one) is left to the scheduler: a few ms late on a busy machine is
+        # still just in time, so the in-flight peak is not asserted.
         assert -0.2 < pipeline.handed[1] - pipeline.done[0] < 0.5
         assert elapsed < 1.5
-        assert batcher.stats().peak_in_flight == 2
     else:  # without it the second waits its full max_delay_ms for company
         assert elapsed >= 2.0
