@@ -16,10 +16,11 @@ medians: on a shared machine other work skews any single run.
 the Open Inference Protocol's ``ModelInfer`` over gRPC (raw_input_contents, the inputs
 tritonclient sends, on the generated stubs), the other gradsentry.v1 ``Check``, with the
 same inputs; the ratio is OIP over v1 (``--check`` target 0.9 unless ``--target`` says
-otherwise).
+otherwise). ``--control`` runs v1 ``Check`` on both sides instead: an A/A control, whose
+per-round ratios show how far one round strays on this machine when nothing differs.
 
     python benchmarks/load.py [--clients 16] [--duration 20] [--rounds 1] [--json FILE]
-                              [--rpc check|stream|oip] [--check]
+                              [--rpc check|stream|oip] [--control] [--check]
                               [--model demo|efficientnet-lite0]
 
 ``--model efficientnet-lite0`` serves the pretrained ImageNet example instead
@@ -376,6 +377,7 @@ def oip_calls(requests: list[pb.CheckRequest]) -> Calls:
     return bind
 
 
+OIP_PAIR = ("oip ModelInfer", "v1 Check")
 RPC_CALLS: dict[str, Callable[[list[pb.CheckRequest]], Calls]] = {
     "check": check_calls,
     "stream": stream_calls,
@@ -619,6 +621,12 @@ def main(argv: list[str] | None = None) -> int:
         "(check)",
     )
     parser.add_argument(
+        "--control",
+        action="store_true",
+        help="with --rpc oip: v1 Check on both sides (an A/A control: the spread the "
+        "per-round ratio shows on this machine when nothing differs)",
+    )
+    parser.add_argument(
         "--model",
         choices=["demo", "efficientnet-lite0"],
         default="demo",
@@ -626,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     check_load_arguments(parser, args)
+    if args.control and args.rpc != "oip":
+        parser.error("--control compares v1 Check with itself in place of --rpc oip's pair")
     if args.target == 0.0:  # not given: each comparison's own bar
         args.target = 0.9 if args.rpc == "oip" else 3.0
 
@@ -650,8 +660,10 @@ def main(argv: list[str] | None = None) -> int:
         calls = {mode: RPC_CALLS[args.rpc](requests) for mode in modes}
         if args.rpc == "oip":  # transports side by side, both batching
             on = modes["batching on"]
-            modes = {"oip ModelInfer": on, "v1 Check": on}
-            calls = {"oip ModelInfer": oip_calls(requests), "v1 Check": check_calls(requests)}
+            top, bottom = ("v1 Check A", "v1 Check B") if args.control else OIP_PAIR
+            first = check_calls(requests) if args.control else oip_calls(requests)
+            modes = {top: on, bottom: on}
+            calls = {top: first, bottom: check_calls(requests)}
             runs = {mode: [] for mode in modes}
         for i in range(args.rounds):
             for mode, settings in modes.items():
@@ -663,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 runs[mode].append(run_mode(mode, settings, args, Path(tmp), calls[mode]))
     if args.rpc == "oip":
-        return report(runs, args, "oip ModelInfer", "v1 Check", "OIP ModelInfer / v1 Check")
+        return report(runs, args, top, bottom, f"{top} / {bottom}")
     return report(runs, args, "batching on", "batching off", f"on / off ({args.rpc})")
 
 
