@@ -22,6 +22,15 @@ def timeout_of(remaining: float | None) -> float | None:
     return max(remaining, 0.0)
 
 
+def time_left(limit: float | None, started: float, other: float | None = None) -> float | None:
+    """Seconds left (>= 0) of a ``limit`` in seconds counted from ``started`` (a
+    ``time.monotonic()`` value) or of ``other`` seconds left, whichever ends first; None
+    when neither is set. A request's own timeout parameter beside the transport's deadline."""
+    if limit is not None:
+        limit = max(limit - (time.monotonic() - started), 0.0)
+    return other if limit is None else limit if other is None else min(limit, other)
+
+
 def deadline_of(timeout: float | None) -> float | None:
     """Seconds left -> a ``time.monotonic()`` deadline (what the batcher drops by)."""
     return None if timeout is None else time.monotonic() + timeout

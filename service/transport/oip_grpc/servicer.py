@@ -22,6 +22,7 @@ import grpc
 
 from service._proto.inference import grpc_predict_v2_pb2 as pb
 from service._proto.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.dataplane.deadline import time_left
 from service.dataplane.plane import DataPlane
 from service.dataplane.request_id import check_request_id
 from service.errors import ClientError
@@ -74,11 +75,6 @@ def parameter_timeout(request: pb.ModelInferRequest) -> float | None:
     which = param.WhichOneof("parameter_choice")
     value = getattr(param, which) if which else None
     return oip.timeout_seconds(value)
-
-
-def earliest(a: float | None, b: float | None) -> float | None:
-    """The sooner of two timeouts in seconds (None: no deadline)."""
-    return b if a is None else a if b is None else min(a, b)
 
 
 @functools.lru_cache(maxsize=256)
@@ -151,9 +147,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         (batch,), _ = await plane.decode(
             [tensor], lambda t: oip.decode_input(t, spec, most), nbytes=nbytes
         )
-        if asked is not None:
-            asked = max(asked - (time.monotonic() - arrived), 0.0)
-        timeout = earliest(grpc_calls.timeout(context), asked)
+        timeout = time_left(asked, arrived, grpc_calls.timeout(context))
         results = await plane.score(list(batch[:, None]), timeout)
         outputs = oip.outputs(results, chosen)
         response = pb.ModelInferResponse()

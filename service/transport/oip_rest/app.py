@@ -46,7 +46,7 @@ from starlette.routing import Route
 from starlette.types import Receive
 
 from service.dataplane.auth import AUTH_KEY, BearerCheck
-from service.dataplane.deadline import wait_results
+from service.dataplane.deadline import time_left, wait_results
 from service.dataplane.plane import DataPlane
 from service.dataplane.request_id import REQUEST_ID_KEY, call_request_id, check_request_id
 from service.engine.pipeline import Result
@@ -388,9 +388,7 @@ class RestApp:
             lambda t: oip.decode_input(json_values(t), spec, most),
             nbytes=8 * count,
         )
-        if timeout is not None:  # what is left of it, as for a gRPC deadline
-            timeout = max(timeout - (time.monotonic() - arrived), 0.0)
-        results = await self._score(request, list(batch[:, None]), timeout)
+        results = await self._score(request, list(batch[:, None]), time_left(timeout, arrived))
         reply: dict[str, Any] = {"model_name": plane.model_name, "model_version": oip.MODEL_VERSION}
         if rid:
             reply["id"] = rid
