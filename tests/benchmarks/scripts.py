@@ -11,9 +11,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_script(script: str, *args: str, timeout: float = 600) -> dict[str, Any]:
+def run_script(script: str, *args: str, report: Path, timeout: float = 600) -> dict[str, Any]:
     """``python benchmarks/<script> ARGS`` from the repository root; asserts exit 0 (showing
-    the output's tail otherwise) and returns the JSON report the arguments name."""
+    the output's tail otherwise) and returns the JSON ``report`` it wrote."""
     done = subprocess.run(
         [sys.executable, f"benchmarks/{script}", *args],
         cwd=ROOT,
@@ -22,5 +22,4 @@ def run_script(script: str, *args: str, timeout: float = 600) -> dict[str, Any]:
         timeout=timeout,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = Path(args[args.index("--json" if "--json" in args else "--out") + 1])
     return json.loads(report.read_text())

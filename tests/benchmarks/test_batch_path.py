@@ -10,7 +10,7 @@ from tests.benchmarks.scripts import run_script
 
 def test_the_batch_path_benchmark_runs_and_counts_bytes(tmp_path: Path) -> None:
     out = tmp_path / "batch_path.json"
-    report = run_script("batch_path.py", "--repeats", "1", "--json", str(out))
+    report = run_script("batch_path.py", "--repeats", "1", "--json", str(out), report=out)
     big = 64 * 3 * 224 * 224
     for kind, itemsize in (("float32", 4), ("uint8", 1)):
         case = report[f"64x3x224x224 {kind}"]

@@ -19,7 +19,7 @@ SECTIONS = (
 
 def test_the_device_check_runs_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
-    report = run_script("gpu_check.py", "--device", "cpu", "--quick", "--out", str(out))
+    report = run_script("gpu_check.py", "--device", "cpu", "--quick", "--out", str(out), report=out)
     for name in (*SECTIONS, "sidecar"):
         assert "error" not in report[name], report[name]
     assert report["placement"]["model_parameters"] == ["cpu"]
