@@ -10,7 +10,7 @@ STAMP       := $(VENV)/.installed
 # The CPU build of torch; installed first so nothing later can pull a CUDA wheel.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install install-serve serve test lint demo report bench clean protos system-deps \
+.PHONY: install install-serve serve test isolation lint demo report bench clean protos system-deps \
   image grpcurl
 
 $(PY):
@@ -69,6 +69,12 @@ test: $(STAMP) system-deps $(TYPECHECK)/node_modules/.package-lock.json
 	# pytest exits 5 when it collects no tests; that is a failure here too.
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: no tests were collected"; exit 1; fi; exit $$rc
+
+# Every test file alone, then the whole suite in random order per seed (too long for CI;
+# docs/hardening.md): `make isolation`, or `make isolation ISOLATION_ARGS="--files 7"`.
+ISOLATION_ARGS ?=
+isolation: $(STAMP) system-deps $(TYPECHECK)/node_modules/.package-lock.json
+	.ci/isolation $(ISOLATION_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
