@@ -66,6 +66,7 @@ $(TYPECHECK)/node_modules/.package-lock.json: $(TYPECHECK)/package.json \
 
 test: $(STAMP) system-deps $(TYPECHECK)/node_modules/.package-lock.json
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	# pytest exits 5 when it collects no tests; that is a failure here too.
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: no tests were collected"; exit 1; fi; exit $$rc
