@@ -76,7 +76,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tenso
 
 def train_classifier(
     split: MnistSplit,
-    epochs: int = 5,
+    epochs: int = 15,
     seed: int = 0,
     progress: bool = True,
     monitor: MnistSplit | None = None,
