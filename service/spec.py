@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 # Element types a model may compute in (numpy names).
 MODEL_DTYPES: tuple[str, ...] = ("float32", "float64")
 
@@ -39,6 +41,10 @@ class InputSpec:
         lo, hi = self.value_range
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise SpecError(f"value_range must be finite with min < max, got {self.value_range}")
+        with np.errstate(over="ignore"):  # an overflow is the error reported here
+            stored = np.asarray(self.value_range).astype(self.dtype)
+        if not np.isfinite(stored).all():
+            raise SpecError(f"value_range {self.value_range} overflows {self.dtype}")
         channels = self.shape[0]
         if len(self.mean) != len(self.std):
             raise SpecError("mean and std must both be set or both be empty")

@@ -89,8 +89,8 @@ def to_model(x: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 def check_pixels(x: np.ndarray, spec: InputSpec) -> np.ndarray:
     """``check_values`` of uint8 pixels as they will be mapped, from the 256 levels'
-    values (a level can land outside ``value_range`` only by float rounding at its ends,
-    or overflow a float16-sized range): the pixels are only read when a level is bad."""
+    values (a level lands outside ``value_range`` only when the range overflows the
+    model's dtype): the pixels are only read when a level is bad."""
     bad = _bad_levels(spec.value_range, spec.dtype)
     if bad is not None and bad[x].any():
         check_values(_from_uint8(x, spec), spec)  # raises with the usual message
@@ -213,15 +213,17 @@ def _jpeg_segments(data: bytes, limit: int) -> int:
 
 
 def check_values(x: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Refuse NaN/Inf and values outside ``spec.value_range``; return x unchanged."""
+    """Refuse NaN/Inf and values outside ``spec.value_range`` (its ends as ``spec.dtype``
+    stores them: ``_model_bounds``); return x unchanged."""
     # Two passes and no temporary: a NaN makes min() NaN, an Inf shows in min() or max().
     x_min, x_max = float(x.min()), float(x.max())
     if not (math.isfinite(x_min) and math.isfinite(x_max)):
         bad = x[~np.isfinite(x)]
         n_nan = int(np.isnan(bad).sum())
         raise CodecError(f"tensor holds non-finite values: {n_nan} NaN and {bad.size - n_nan} Inf")
-    lo, hi = spec.value_range
+    lo, hi = _model_bounds(spec.value_range, spec.dtype)
     if x_min < lo or x_max > hi:
+        lo, hi = spec.value_range
         # repr: the shortest text that reads back as the same number, so 1.0000001 does not
         # print as 1 (":g" keeps 6 digits).
         raise CodecError(
@@ -260,10 +262,20 @@ def pixel_table(spec: InputSpec) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
+def _model_bounds(value_range: tuple[float, ...], dtype: str) -> tuple[float, float]:
+    """``value_range`` widened to its ends as ``dtype`` stores them: in float32 the range
+    [0, 0.1] ends at 0.1000000015, which is what a client's float32 0.1 and a white
+    pixel become, so both are inside it; a value past that end is still refused."""
+    lo, hi = value_range
+    stored = np.asarray(value_range, dtype=np.float64).astype(dtype).astype(np.float64)
+    return min(lo, float(stored[0])), max(hi, float(stored[1]))
+
+
+@functools.lru_cache(maxsize=16)
 def _bad_levels(value_range: tuple[float, ...], dtype: str) -> np.ndarray | None:
     """[256] bool: the levels whose mapped value ``check_values`` refuses; None if none."""
     x = _uint8_table(value_range, dtype).astype(np.float64)  # compared as check_values does
-    lo, hi = value_range
+    lo, hi = _model_bounds(value_range, dtype)
     bad = ~np.isfinite(x) | (x < lo) | (x > hi)
     return bad if bad.any() else None
 

@@ -84,6 +84,7 @@ def test_refusals_name_the_problem() -> None:
         ({"shape": (0, 28, 28)}, "shape"),
         ({"dtype": "uint8"}, "dtype"),
         ({"value_range": (1.0, 0.0)}, "value_range"),
+        ({"value_range": (0.0, 1e39)}, "overflows float32"),
         ({"mean": (0.5,)}, "both"),
         ({"mean": (0.5, 0.5), "std": (1.0, 1.0)}, "one value per channel"),
         ({"mean": (0.5,), "std": (0.0,)}, "std"),
@@ -137,10 +138,12 @@ def test_pixels_stay_uint8_and_map_to_the_bits_of_the_float_path(dtype: str) -> 
 
 
 @pytest.mark.parametrize("kind", ["tensor", "image"])
-def test_pixels_whose_level_maps_outside_the_range_are_refused_as_floats_are(kind: str) -> None:
-    """In float32, level 255 of the range [0, 0.1] maps to 0.1000000015 > 0.1: refused,
-    with the message the float path gives; pixels that avoid it pass."""
-    spec = InputSpec(shape=(1, 4, 5), value_range=(0.0, 0.1))
+def test_the_ends_of_the_range_are_taken_as_the_model_stores_them(kind: str) -> None:
+    """In float32 the range [0, 0.1] ends at 0.1000000015: a white pixel and a client's
+    float32 0.1 land there and are accepted; the next float32 up is refused. Where float64
+    rounding of the pixel map lands past a float32 rounding tie (this range's top is
+    one), level 255 maps past the range's stored end and is refused with the message the
+    float path gives."""
 
     def request(pixels: np.ndarray) -> pb.CheckRequest:
         if kind == "image":
@@ -149,13 +152,23 @@ def test_pixels_whose_level_maps_outside_the_range_are_refused_as_floats_are(kin
             tensor=pb.Tensor(dtype=pb.UINT8, shape=[1, 4, 5], data=pixels.tobytes())
         )
 
+    spec = InputSpec(shape=(1, 4, 5), value_range=(0.0, 0.1))
+    white = np.full((1, 4, 5), 255, np.uint8)
+    assert to_model(decode(request(white), spec), spec).max() == np.float32(0.1)
+    top = np.full((1, 1, 4, 5), 0.1, np.float32)
+    assert check_values(top, spec) is top
+    top[0, 0, 1, 2] = np.nextafter(np.float32(0.1), np.float32(1))
+    with pytest.raises(CodecError, match=r"values out of range: .* takes \[0\.0, 0\.1\]"):
+        check_values(top, spec)
+
+    tie = InputSpec(shape=(1, 4, 5), value_range=(-2.5947104849327665, 2.303721070289612))
     pixels = np.full((1, 4, 5), 254, np.uint8)
-    assert decode(request(pixels), spec).dtype == np.uint8
+    assert decode(request(pixels), tie).dtype == np.uint8
     pixels[0, 1, 2] = 255
     with pytest.raises(CodecError) as info:
-        decode(request(pixels), spec)
+        decode(request(pixels), tie)
     with pytest.raises(CodecError) as floats:
-        check_values(_from_uint8(pixels[None], spec), spec)
+        check_values(_from_uint8(pixels[None], tie), tie)
     assert str(info.value) == str(floats.value) and "out of range" in str(info.value)
 
 
