@@ -157,6 +157,7 @@ def report(entry: DemoDataset, splits: dict, args: argparse.Namespace) -> int:
             "test images": n,
             "fit challenges": ", ".join(entry.fit_challenges),
         },
+        fpr_images=test.images if n < len(test.images) else None,
     )
     files = rep.write(args.report)
     table = format_bars(entry.check_bars(rep.to_dict()))

@@ -53,11 +53,16 @@ def evaluate(
     progress: bool = True,
     cache: SetCache | None = None,
     meta: Mapping[str, object] | None = None,
+    fpr_images: np.ndarray | None = None,
 ) -> Report:
     """Score clean test ``images`` [N, C, H, W] (``labels`` [N]) and every set.
 
     baseline_fit: clean labelled (images, labels) to fit baselines that need fitting
     (Mahalanobis, KNN, ViM); without it those baselines are left out.
+    fpr_images: clean images [M, C, H, W] on which the clean false-positive rate at the
+    threshold is measured (default ``images``). gradsentry alone scores them: a rate near
+    5% measured on N = 500 is ±1 point (one binomial standard deviation), too coarse
+    for a calibration check, while the N challenge sets cost N attacks each.
     """
     model = sentry.extractor.model
     cache = cache or SetCache(None)
@@ -90,11 +95,19 @@ def evaluate(
     clean_scores, clean_pred, _ = score_all(images, "clean")
     clean = CleanScores(clean_scores, float((clean_pred == labels).mean()))
     # The operating point users get: how often clean inputs are flagged at the threshold.
+    if fpr_images is None:
+        flagged = clean_scores[PRIMARY] >= sentry.threshold
+    else:
+        chunks = batches(fpr_images, batch_size, model_device(model))
+        total = -(-len(fpr_images) // batch_size)
+        bar = tqdm(chunks, total=total, desc="clean FPR", disable=not progress, leave=False)
+        flagged = np.concatenate([sentry.check(chunk).flagged for chunk in bar])
     meta = {
         **dict(meta or {}),
         "threshold": sentry.threshold,
         "target_fpr": float(sentry.bundle.manifest["target_fpr"]),
-        "clean_false_positive_rate": float((clean_scores[PRIMARY] >= sentry.threshold).mean()),
+        "clean_false_positive_rate": float(flagged.mean()),
+        "clean FPR images": len(flagged),
     }
     results = []
     for i, s in enumerate(sets):

@@ -77,6 +77,26 @@ def test_meta_records_the_operating_point(
     assert report.meta["clean_false_positive_rate"] == pytest.approx(
         np.mean(scores >= sentry.threshold)
     )
+    assert report.meta["clean FPR images"] == len(test_split[0])
+
+
+def test_the_clean_fpr_is_measured_on_the_images_given_for_it(
+    digits_model: nn.Module,
+    bundle_dir: Path,
+    test_split: tuple[np.ndarray, np.ndarray],
+    digits: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """fpr_images: the operating point on a larger clean sample than the AUROC negatives
+    (here all of ``digits``), scored by gradsentry's own check."""
+    sentry = Sentry.load(digits_model, bundle_dir)
+    images, labels = test_split
+    more = digits[0]
+    sets = [EvalSet("gaussian", parse_spec("ood:source=gaussian"))]
+    got = evaluate(sentry, images[:20], labels[:20], sets, progress=False, fpr_images=more)
+    flagged = sentry.check(torch.from_numpy(more)).flagged
+    assert got.meta["clean FPR images"] == len(more) > 20
+    assert got.meta["clean_false_positive_rate"] == pytest.approx(flagged.mean())
+    assert got.clean_n == 20
 
 
 def test_seen_exactly_for_the_fitted_specs(report: Report) -> None:
