@@ -28,13 +28,14 @@ SETS = (
 
 
 @pytest.fixture(scope="module")
+def sentry(digits_model: nn.Module, bundle_dir: Path) -> Sentry:
+    return Sentry.load(digits_model, bundle_dir)
+
+
+@pytest.fixture(scope="module")
 def report(
-    digits_model: nn.Module,
-    bundle_dir: Path,
-    test_split: tuple[np.ndarray, np.ndarray],
-    digits: tuple[np.ndarray, np.ndarray],
+    sentry: Sentry, test_split: tuple[np.ndarray, np.ndarray], digits: tuple[np.ndarray, np.ndarray]
 ) -> Report:
-    sentry = Sentry.load(digits_model, bundle_dir)
     images, labels = test_split
     return evaluate(
         sentry,
@@ -65,12 +66,8 @@ def test_report_has_every_set_in_order(
 
 
 def test_meta_records_the_operating_point(
-    report: Report,
-    digits_model: nn.Module,
-    bundle_dir: Path,
-    test_split: tuple[np.ndarray, np.ndarray],
+    report: Report, sentry: Sentry, test_split: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    sentry = Sentry.load(digits_model, bundle_dir)
     scores = sentry.check(torch.from_numpy(test_split[0])).score
     assert report.meta["threshold"] == pytest.approx(sentry.threshold)
     assert report.meta["target_fpr"] == pytest.approx(TARGET_FPR)
@@ -81,14 +78,10 @@ def test_meta_records_the_operating_point(
 
 
 def test_the_clean_fpr_is_measured_on_the_images_given_for_it(
-    digits_model: nn.Module,
-    bundle_dir: Path,
-    test_split: tuple[np.ndarray, np.ndarray],
-    digits: tuple[np.ndarray, np.ndarray],
+    sentry: Sentry, test_split: tuple[np.ndarray, np.ndarray], digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """fpr_images: the operating point on a larger clean sample than the AUROC negatives
     (here all of ``digits``), scored by gradsentry's own check."""
-    sentry = Sentry.load(digits_model, bundle_dir)
     images, labels = test_split
     more = digits[0]
     sets = [EvalSet("gaussian", parse_spec("ood:source=gaussian"))]
