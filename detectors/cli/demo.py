@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--limit",
         type=int,
-        help="evaluate on the first N test images only (fashion's committed report: 500)",
+        help="evaluate on the first N test images only (fashion's committed report: 2000)",
     )
     p.add_argument(
         "--keep-model",

@@ -83,7 +83,7 @@ FASHION = register(
         report_sets=report_sets,
         check_bars=check_fashion_bars,
         detector_data="Fashion-MNIST training images 55,000-56,999 of the fixed split",
-        test_limit=500,
+        test_limit=2000,
         # Class means and one tied covariance of <= 128 dimensions: 10,000 images are plenty,
         # and the probe pass over all 55,000 would cost minutes for nothing.
         stats_limit=10_000,
