@@ -25,6 +25,7 @@ from detectors.evaluate.baselines import (
     register,
 )
 from detectors.evaluate.baselines.knn import default_k
+from detectors.evaluate.baselines.vim import head_features
 from detectors.evaluate.metrics import detection_metrics
 
 EXPECTED = {"energy", "gradnorm", "knn", "mahalanobis", "msp", "odin", "vim"}
@@ -410,11 +411,35 @@ def test_vim_on_a_hand_checkable_subspace() -> None:
     )
 
 
+def test_vim_puts_the_whole_null_space_in_the_residual() -> None:
+    # Five features, two of them never active on the fit images (dead units). The centred
+    # fit features (±3,0,.5,0,0), (0,±2,−.5,0,0) have covariance diag(4.5, 2, .25, 0, 0):
+    # rank 3, so the rule's d = 3 // 2 = 1 and R spans axes 2–5, null space included.
+    # Residual norms .5, .5, √4.25, √4.25; max logits 3, 0, 2, 0: α = 1.25 / mean norm.
+    # A query that activates a dead unit, o + (0,0,0,1,0), scores α·1 − log 2.
+    model = _linear_probe([[1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]], [1.0, -2.0])
+    origin = np.array([-1.0, 2.0, 0.0, 0.0, 0.0])
+    centred = [[3, 0, 0.5, 0, 0], [-3, 0, 0.5, 0, 0], [0, 2, -0.5, 0, 0], [0, -2, -0.5, 0, 0]]
+    fit = _points((origin + np.array(centred)).tolist())
+    labels = np.zeros(4, dtype=np.int64)
+    vim = ViM().fit(model, fit, labels)
+    assert vim.residual_.shape == (5, 4)
+    alpha = 1.25 / np.mean([0.5, 0.5, np.sqrt(4.25), np.sqrt(4.25)])
+    assert vim.alpha_ == pytest.approx(alpha, rel=1e-6)
+    query = _points([(origin + np.array([0.0, 0.0, 0.0, 1.0, 0.0])).tolist()])
+    np.testing.assert_allclose(vim.score(model, query), [alpha - np.log(2.0)], atol=1e-5)
+    # d = 3 would leave only the null space, with no clean residual to scale α by.
+    with pytest.raises(ValueError, match=r"span 3 of their 5 dimensions: dim must be in \[1, 2\]"):
+        ViM(dim=3).fit(model, fit, labels)
+
+
 def test_vim_principal_dimension(digits_model: MnistCNN, data: dict[str, np.ndarray]) -> None:
-    # The reference code's rule; the digits CNN's penultimate layer is 128 wide.
+    # The reference code's rule, applied to the rank of the clean penultimate features.
     assert [ViM.default_dim(d) for d in (128, 512, 768, 2048)] == [64, 256, 512, 1000]
     fitted = ViM().fit(digits_model, data["fit_x"], data["fit_y"])
-    assert fitted.residual_.shape == (128, 64)
+    feats = head_features(digits_model, data["fit_x"], 256)[0] - fitted.origin_
+    rank = np.linalg.matrix_rank(feats.T @ feats, tol=1e-12 * np.linalg.norm(feats, 2) ** 2)
+    assert fitted.residual_.shape == (128, 128 - rank // 2)
     with pytest.raises(ValueError, match=r"dim must be an integer in \[1, 127\]"):
         ViM(dim=128).fit(digits_model, data["fit_x"], data["fit_y"])
     with pytest.raises(NotFittedError, match="call fit"):

@@ -39,6 +39,10 @@ def head_features(
     return np.concatenate(feats), np.concatenate(logits)
 
 
+#: Eigenvalues at most this fraction of the largest count as null (no clean variance).
+NULL_RTOL = 1e-12
+
+
 @register("vim")
 class ViM(Baseline):
     """Score = α·‖(x − o) R‖₂ − logsumexp(z): the virtual logit minus the energy's
@@ -47,9 +51,14 @@ class ViM(Baseline):
     R [D, D−d] spans the complement of the top-d eigenvectors of the uncentred (about o)
     covariance of the clean features; α = mean max logit / mean residual norm on them.
 
+    Features that never vary on the clean images (dead ReLU units: 72 of the MNIST demo's
+    128) span a null space of that covariance. It must lie wholly in R: a cut through it
+    is LAPACK's arbitrary choice of basis, and an R inside it has no clean residual, so α
+    is float rounding. The rule below therefore counts the rank r, not D, and d < r.
+
     Args:
-        dim: principal dimension d; None = the reference code's rule: 1000 for D ≥ 2048,
-            512 for D ≥ 768, otherwise D // 2.
+        dim: principal dimension d < r; None = the reference code's rule applied to the
+            rank r of the clean features: 1000 for r ≥ 2048, 512 for r ≥ 768, else r // 2.
 
     Attributes (after ``fit``):
         origin_: float64 [D]; residual_: float64 [D, D − d]; alpha_: float.
@@ -77,8 +86,10 @@ class ViM(Baseline):
         super().fit(model, images, labels, batch_size=batch_size)
         feats, logits = head_features(model, images, batch_size)
         width = feats.shape[1]
-        dim = self.default_dim(width) if self.dim is None else self.dim
-        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or not 0 < dim < width:
+        dim = self.dim
+        if dim is not None and (
+            isinstance(dim, bool) or not isinstance(dim, int | np.integer) or not 0 < dim < width
+        ):
             raise ValueError(
                 f"dim must be an integer in [1, {width - 1}] for {width}-d features, got {dim!r}"
             )
@@ -91,7 +102,17 @@ class ViM(Baseline):
         )
         self.origin_ = -np.linalg.pinv(w) @ b
         centred = feats - self.origin_
-        _, eigvec = np.linalg.eigh(centred.T @ centred / len(feats))  # ascending eigenvalues
+        eigval, eigvec = np.linalg.eigh(centred.T @ centred / len(feats))  # ascending
+        # Null directions sit at float64 rounding of the largest (~1e-16 of it); the MNIST
+        # demo's smallest real one is at 2e-10 of it.
+        rank = int(np.sum(eigval > eigval[-1] * NULL_RTOL))
+        if dim is None:
+            dim = self.default_dim(rank)
+        if not 0 < dim < rank:
+            raise ValueError(
+                f"the clean features span {rank} of their {width} dimensions: dim must be in "
+                f"[1, {rank - 1}], got {dim}"
+            )
         self.residual_ = np.ascontiguousarray(eigvec[:, : width - dim])
         residual_norm = np.linalg.norm(centred @ self.residual_, axis=1)
         if residual_norm.mean() <= 0:
