@@ -76,7 +76,9 @@ def evaluate(
         fitted.append((name, b))
     seen_specs = {c["spec"] for c in sentry.bundle.manifest["fit_summary"].get("challenges", [])}
 
-    def score_all(x: np.ndarray, what: str) -> tuple[dict[str, np.ndarray], np.ndarray, Verdict]:
+    def score_all(
+        x: np.ndarray, what: str, with_baselines: bool = True
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, Verdict]:
         scores, preds, flagged, kinds = [], [], [], []
         chunks = batches(x, batch_size, model_device(model))
         total = -(-len(x) // batch_size)
@@ -87,7 +89,7 @@ def evaluate(
             flagged.append(out.flagged)
             kinds += out.kind
         result = {PRIMARY: np.concatenate(scores)}
-        for name, b in fitted:
+        for name, b in fitted if with_baselines else ():
             result[name] = b.score(model, x, batch_size=batch_size)
         verdict = Verdict(np.concatenate(flagged), np.array(kinds, dtype=object))
         return result, np.concatenate(preds), verdict
@@ -98,10 +100,7 @@ def evaluate(
     if fpr_images is None:
         flagged = clean_scores[PRIMARY] >= sentry.threshold
     else:
-        chunks = batches(fpr_images, batch_size, model_device(model))
-        total = -(-len(fpr_images) // batch_size)
-        bar = tqdm(chunks, total=total, desc="clean FPR", disable=not progress, leave=False)
-        flagged = np.concatenate([sentry.check(chunk).flagged for chunk in bar])
+        flagged = score_all(fpr_images, "clean FPR", with_baselines=False)[2].flagged
     meta = {
         **dict(meta or {}),
         "threshold": sentry.threshold,

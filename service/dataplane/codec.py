@@ -89,8 +89,9 @@ def to_model(x: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 def check_pixels(x: np.ndarray, spec: InputSpec) -> np.ndarray:
     """``check_values`` of uint8 pixels as they will be mapped, from the 256 levels'
-    values (a level lands outside ``value_range`` only when the range overflows the
-    model's dtype): the pixels are only read when a level is bad."""
+    values (a level lands past the range's stored ends only where float64 rounding of
+    the map crosses a float32 rounding tie at the top): the pixels are only read when a
+    level is bad."""
     bad = _bad_levels(spec.value_range, spec.dtype)
     if bad is not None and bad[x].any():
         check_values(_from_uint8(x, spec), spec)  # raises with the usual message
