@@ -290,3 +290,33 @@ def test_curl_errors_are_json_naming_the_problem(oip_server: tuple[SentryServer,
         assert status == 400 and words in reply["error"], (body.keys(), reply)
     status, reply = curl_infer(port, {"inputs": [good]}, "-H", "x-request-id: two words")
     assert status == 400 and "x-request-id" in reply["error"]
+
+
+def test_the_top_of_a_float32_range_is_inside_it_for_every_client() -> None:
+    """``input_range: [0, 0.1]``: in float32 it ends at 0.1000000015. curl's JSON 0.1,
+    tritonclient's float32 0.1 and a white PNG (pixel 255) all land there and are
+    answered; curl's 0.1000001, past that end, is refused with a 400 naming the range."""
+    import io
+
+    from PIL import Image
+
+    with demo_server(
+        GRADSENTRY_REST_ENABLED="true", GRADSENTRY_REST_PORT="0", GRADSENTRY_INPUT_RANGE="[0, 0.1]"
+    ) as (running, port):
+        assert running.rest_port is not None
+        body = {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.1] * 784}
+        status, reply = curl_infer(running.rest_port, {"inputs": [body]})
+        assert status == 200, reply
+        status, reply = curl_infer(
+            running.rest_port, {"inputs": [{**body, "data": [0.1000001] * 784}]}
+        )
+        assert status == 400 and "values out of range" in reply["error"], reply
+        assert "takes [0.0, 0.1]" in reply["error"], reply
+        triton_grpc_answers(port, np.full((1, 1, 28, 28), 0.1, np.float32))
+        png = io.BytesIO()
+        Image.fromarray(np.full((28, 28), 255, np.uint8), mode="L").save(png, "PNG")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = pb_grpc.ReliabilityStub(channel).Check(
+                pb.CheckRequest(image=pb.EncodedImage(data=png.getvalue())), timeout=WAIT
+            )
+        assert reply.verdict in (pb.RELIABLE, pb.FLAGGED)
