@@ -3,10 +3,11 @@
 ``gradsentry check FILE...`` sends each PNG, JPEG or .npy file and prints one line per
 file: prediction, verdict, score against the threshold, most likely kind (when flagged). A
 file the server (or the client) refuses prints an error line and the exit code is 1.
-``gradsentry check --demo`` crafts clean, adversarial (FGSM from the challenge registry),
-corrupted (Gaussian noise) and out-of-distribution (uniform noise) inputs from the bundled
-sample digits and prints a table. A server that cannot be reached (or refuses the caller)
-is a one-line error and exit code 2.
+``gradsentry check --demo [NAME]`` crafts clean inputs and one input set per challenge the
+demo's detector was fitted on (adversarial FGSM, corrupted Gaussian noise, out-of-distribution
+uniform noise) from a bundled demo's sample images and prints a table. Without NAME it picks
+the bundled demo whose model the sidecar serves. A server that cannot be reached (or refuses
+the caller) is a one-line error and exit code 2.
 """
 
 from __future__ import annotations
@@ -25,14 +26,10 @@ from service.client import CheckResult, InputError, ReliabilityClient, RequestEr
 from service.security import read_token
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-# The demo's inputs: (kind, challenge spec or None for the clean digits). FGSM and the two
-# noises are what the demo detector was fitted on (detectors.demo.sets.FIT_CHALLENGES).
-DEMO_SETS: tuple[tuple[str, str | None], ...] = (
-    ("clean", None),
-    ("adversarial", "fgsm:eps=0.2"),
-    ("corrupted", "corruption:type=gaussian_noise,severity=3"),
-    ("ood", "ood:source=uniform"),
-)
+#: ``--demo`` without a name: the bundled demo whose model the sidecar serves.
+SERVED_DEMO = "served"
+#: The demo ``--demo`` falls back to when the sidecar serves none of the bundled models.
+FALLBACK_DEMO = "mnist"
 DEMO_PER_KIND = 3
 DEMO_SEED = 0
 
@@ -47,7 +44,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (CheckError,)
 
 @dataclass(frozen=True)
 class DemoInput:
-    """One demo input: ``image`` float32 [1, 28, 28] in [0, 1]; ``true_label`` None for OOD."""
+    """One demo input: ``image`` float32 [1, 28, 28] in [0, 1]; ``true_label`` None for OOD;
+    ``kind`` "clean" or the family of the challenge that made it."""
 
     kind: str
     true_label: int | None
@@ -60,8 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="*", metavar="FILE", help=".png, .jpg, .jpeg or .npy")
     p.add_argument(
         "--demo",
-        action="store_true",
-        help="send the demo's clean, adversarial, corrupted and OOD inputs and print a table",
+        nargs="?",
+        const=SERVED_DEMO,
+        metavar="NAME",
+        help="send a bundled demo's clean, adversarial, corrupted and OOD inputs and print a "
+        "table; NAME is mnist or fashion (default: the demo whose model the sidecar serves)",
     )
     p.add_argument(
         "--target",
@@ -154,30 +155,41 @@ def check_files(client: ReliabilityClient, files: Sequence[str]) -> int:
     return status
 
 
-def demo_inputs(per_kind: int = DEMO_PER_KIND, seed: int = DEMO_SEED) -> list[DemoInput]:
-    """``per_kind`` inputs of each DEMO_SETS kind, made from the bundled sample digits."""
-    # The lab (torch, attacks, corruptions) is only needed here, not for file checks.
+def _lab() -> None:
+    """CheckError unless the lab extra (torch, attacks, corruptions) is installed: only
+    ``--demo`` needs it, not file checks."""
     try:
-        from detectors.challenges import ChallengeContext, parse_spec
+        import detectors.challenges  # noqa: F401
     except ImportError as exc:
         raise CheckError(
             f"--demo makes its inputs with the lab extra ({exc.name} is missing): "
             "pip install 'gradsentry[lab]'"
         ) from None
-    from detectors.demo import ARTIFACTS, load_demo_model
 
-    samples = np.load(ARTIFACTS / "samples.npz")
+
+def demo_inputs(
+    name: str = FALLBACK_DEMO, per_kind: int = DEMO_PER_KIND, seed: int = DEMO_SEED
+) -> list[DemoInput]:
+    """``per_kind`` clean sample images of demo ``name``, then ``per_kind`` made from them by
+    each challenge its detector was fitted on, in the order of its ``fit_challenges``."""
+    _lab()
+    from detectors.challenges import ChallengeContext, parse_spec
+    from detectors.demo.datasets import datasets
+
+    demo = datasets()[name]
+    samples = np.load(demo.artifacts / "samples.npz")
     images = (samples["images"][:per_kind].astype(np.float32) / 255.0)[:, None]
     labels = samples["labels"][:per_kind].astype(np.int64)
-    model = load_demo_model()
-    out: list[DemoInput] = []
-    for kind, spec in DEMO_SETS:
-        if spec is None:
-            batch = images
-        else:
-            batch = parse_spec(spec).generate(ChallengeContext(images, labels, model, seed))
-        for image, label in zip(batch, labels, strict=True):
-            out.append(DemoInput(kind, None if kind == "ood" else int(label), image))
+    model = demo.load_model()
+    out = [DemoInput("clean", int(y), x) for x, y in zip(images, labels, strict=True)]
+    for spec in demo.fit_challenges:
+        challenge = parse_spec(spec)
+        batch = challenge.generate(ChallengeContext(images, labels, model, seed))
+        ood = challenge.kind == "ood"
+        out += [
+            DemoInput(challenge.kind, None if ood else int(y), x)
+            for x, y in zip(batch, labels, strict=True)
+        ]
     return out
 
 
@@ -201,7 +213,7 @@ def demo_table(inputs: Sequence[DemoInput], results: Sequence[CheckResult]) -> s
         for row in (header, *rows)
     ]
     counts = []
-    for kind, _ in DEMO_SETS:
+    for kind in dict.fromkeys(d.kind for d in inputs):
         flags = [r.flagged for d, r in zip(inputs, results, strict=True) if d.kind == kind]
         counts.append(f"{kind} {sum(flags)}/{len(flags)}")
     threshold = results[0].threshold if results else float("nan")
@@ -209,42 +221,68 @@ def demo_table(inputs: Sequence[DemoInput], results: Sequence[CheckResult]) -> s
     return "\n".join(lines)
 
 
-def _bundled_fingerprint() -> str:
-    from detectors.demo import ARTIFACTS
+def bundled_fingerprints() -> dict[str, str]:
+    """Demo name -> the model fingerprint its committed bundle was fitted on."""
+    from detectors.demo.datasets import datasets
 
-    manifest = json.loads((ARTIFACTS / "bundle" / "manifest.json").read_text(encoding="utf-8"))
-    return str(manifest["model_fingerprint"])
+    out = {}
+    for name, demo in datasets().items():
+        manifest = (demo.artifacts / "bundle" / "manifest.json").read_text(encoding="utf-8")
+        out[name] = str(json.loads(manifest)["model_fingerprint"])
+    return out
 
 
-def check_demo(client: ReliabilityClient) -> int:
+def choose_demo(asked: str, served: str) -> str:
+    """The demo to send: ``asked``, or for SERVED_DEMO the one whose model fingerprint is
+    ``served`` (FALLBACK_DEMO if none). Notes on stderr when the model differs."""
+    _lab()
+    fingerprints = bundled_fingerprints()
+    if asked == SERVED_DEMO:
+        match = [name for name, fp in fingerprints.items() if fp == served]
+        asked = match[0] if match else FALLBACK_DEMO
+    if fingerprints[asked] != served:
+        print(
+            f"note: the sidecar serves another model than the bundled {asked} demo; the "
+            "adversarial inputs were crafted against the demo model",
+            file=sys.stderr,
+        )
+    return asked
+
+
+def check_demo(client: ReliabilityClient, asked: str) -> int:
     """Send the demo inputs in one batch and print the table."""
     info = client.info()
     if info.input_shape != (1, 28, 28):
         raise CheckError(
-            f"--demo sends 1x28x28 digits but the sidecar at {client.target} takes "
-            f"{list(info.input_shape)}; run it against the bundled demo (`gradsentry serve`)"
+            f"--demo sends 1x28x28 images but the sidecar at {client.target} takes "
+            f"{list(info.input_shape)}; run it against a bundled demo (`gradsentry serve`)"
         )
-    if info.model_fingerprint != _bundled_fingerprint():
-        print(
-            "note: the sidecar serves another model than the bundled demo; the adversarial "
-            "inputs were crafted against the demo model",
-            file=sys.stderr,
-        )
-    inputs = demo_inputs()
+    name = choose_demo(asked, info.model_fingerprint)
+    inputs = demo_inputs(name)
     results = client.check_batch([d.image for d in inputs])
+    print(f"demo: {name}", flush=True)
     print(demo_table(inputs, results), flush=True)
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry of ``gradsentry check``."""
-    if args.demo == bool(args.files):
+    if (args.demo is not None) == bool(args.files):
         raise CheckError("give FILE arguments or --demo (one of the two)")
     for name in args.files:
         if not Path(name).is_file():
             raise CheckError(f"no such file: {name}")
+    if args.demo not in (None, SERVED_DEMO):
+        _lab()
+        from detectors.demo.datasets import datasets
+
+        if args.demo not in datasets():
+            names = ", ".join(datasets())
+            raise CheckError(f"--demo {args.demo}: no such demo (choose from {names})")
     with client_from_args(args) as client:
         try:
-            return check_demo(client) if args.demo else check_files(client, args.files)
+            if args.demo is not None:
+                return check_demo(client, args.demo)
+            return check_files(client, args.files)
         except RequestError as exc:
             raise fatal(exc) from None

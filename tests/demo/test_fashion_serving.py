@@ -8,6 +8,7 @@ import torch
 from detectors.demo.datasets import FASHION
 from detectors.demo.fashion_train import CLASSES
 from detectors.sentry import Sentry
+from service import check, cli
 from service.client import ReliabilityClient
 from service.config import load_config
 from service.server import create_server
@@ -16,10 +17,11 @@ from tests.servers import SCORE_ATOL
 CONFIG = FASHION.artifacts / "serve.yaml"
 
 
-def test_the_shipped_config_serves_the_fashion_demo() -> None:
+def test_the_shipped_config_serves_the_fashion_demo(capsys) -> None:
     """Its relative paths resolve to the committed model and bundle: the sample images get
     the in-process predictions, class names and scores; uniform noise, the fitted OOD kind,
-    is flagged and named "ood"."""
+    is flagged and named "ood". ``gradsentry check --demo`` recognises the Fashion-MNIST
+    model and shows, row by row, the in-process verdicts and kinds of its inputs."""
     config = load_config(
         CONFIG,
         environ={
@@ -35,10 +37,17 @@ def test_the_shipped_config_serves_the_fashion_demo() -> None:
     reference = Sentry.load(FASHION.load_model(), FASHION.artifacts / "bundle").check(
         torch.from_numpy(np.concatenate([images, noise]))
     )
+    demo = check.demo_inputs("fashion")
+    demo_ref = Sentry.load(FASHION.load_model(), FASHION.artifacts / "bundle").check(
+        torch.from_numpy(np.stack([d.image for d in demo]))
+    )
     running, port = create_server(config)
     try:
         with ReliabilityClient(f"127.0.0.1:{port}") as client:
             answers = [client.check(x) for x in (*images, *noise)]
+        capsys.readouterr()
+        assert cli.main(["check", "--demo", "--target", f"127.0.0.1:{port}"]) == 0
+        table = capsys.readouterr()
     finally:
         running.stop(None).wait(10)
     assert [a.predicted_class for a in answers] == reference.predicted.tolist()
@@ -49,3 +58,18 @@ def test_the_shipped_config_serves_the_fashion_demo() -> None:
     right = reference.predicted[:12] == samples["labels"][:12]
     assert right.mean() >= 0.75, right
     assert [(a.flagged, a.kind) for a in answers[12:]] == [(True, "ood")] * 3
+    # the CLI table: the served model is the bundled Fashion-MNIST one (no note); every row
+    # has the in-process verdict and kind (the kind scores' top two differ by > 0.3 on these
+    # inputs, far beyond SCORE_ATOL, so batch composition cannot swap them)
+    assert table.err == ""
+    lines = table.out.splitlines()
+    assert lines[0] == "demo: fashion"
+    rows = [line.split() for line in lines[2:-1]]
+    assert [row[0] for row in rows] == [d.kind for d in demo]
+    assert [row[0] for row in rows] == ["clean"] * 3 + ["adversarial"] * 3 + ["corrupted"] * 3 + [
+        "ood"
+    ] * 3
+    assert [row[3] == "FLAGGED" for row in rows] == demo_ref.flagged.tolist()
+    shown = [k if f else "-" for k, f in zip(demo_ref.kind, demo_ref.flagged, strict=True)]
+    assert [row[5] for row in rows] == shown
+    assert lines[-1].endswith("clean 0/3, adversarial 3/3, corrupted 3/3, ood 3/3")

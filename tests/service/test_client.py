@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from detectors.sentry import Sentry, Verdicts
-from service import cli
+from service import check, cli
 from service.client import CheckResult, InputError, ReliabilityClient, RequestError
 from service.server import SentryServer
 from tests.servers import FEATURE_ATOL, FEATURE_RTOL, SCORE_ATOL, calls_ended, wait_calls_ended
@@ -310,19 +310,45 @@ def test_check_cli_usage_and_connection_errors(target: str, tmp_path: Path, caps
     assert "--cert and --key go together" in capsys.readouterr().err
 
 
-def test_check_demo_table(target: str, capsys) -> None:
+def test_check_demo_table(target: str, sentry: Sentry, capsys) -> None:
+    """``--demo`` picks the served demo (MNIST) by its model fingerprint; every row shows
+    what the in-process Sentry says of the same input, kind included."""
     assert cli.main(["check", "--demo", "--target", target]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""  # the server runs the bundled demo model: no note
     lines = captured.out.splitlines()
-    assert lines[0].split() == ["input", "true", "predicted", "verdict", "score", "kind"]
-    rows = [line.split() for line in lines[1:-1]]
+    assert lines[0] == "demo: mnist"
+    assert lines[1].split() == ["input", "true", "predicted", "verdict", "score", "kind"]
+    rows = [line.split() for line in lines[2:-1]]
     kinds = [row[0] for row in rows]
     assert kinds == ["clean"] * 3 + ["adversarial"] * 3 + ["corrupted"] * 3 + ["ood"] * 3
-    verdicts = {kind: [row[3] for row in rows if row[0] == kind] for kind in set(kinds)}
-    assert verdicts["clean"] == ["RELIABLE"] * 3
-    # Gaussian-noise corruption and uniform noise are flagged, as is FGSM.
-    for kind in ("adversarial", "corrupted", "ood"):
-        assert verdicts[kind] == ["FLAGGED"] * 3, kind
+    inputs = check.demo_inputs("mnist")
+    assert [d.kind for d in inputs] == kinds
+    ref = sentry.check(torch.from_numpy(np.stack([d.image for d in inputs])))
+    assert [int(row[2]) for row in rows] == ref.predicted.tolist()
+    assert [row[3] == "FLAGGED" for row in rows] == ref.flagged.tolist()
+    # the kind scores' top two differ by > 0.3 on these inputs, far beyond SCORE_ATOL, so
+    # the server's batch composition cannot swap them
+    shown = [k if f else "-" for k, f in zip(ref.kind, ref.flagged, strict=True)]
+    assert [row[5] for row in rows] == shown
+    # the clean digits pass; FGSM, Gaussian noise and uniform noise (the fitted kinds) are
+    # flagged, and the two noises are named for what they are
     assert all(row[1] == "-" for row in rows if row[0] == "ood")
     assert lines[-1].endswith("clean 0/3, adversarial 3/3, corrupted 3/3, ood 3/3")
+    assert [row[5] for row in rows if row[0] in ("corrupted", "ood")] == kinds[6:]
+
+
+def test_check_demo_by_name(target: str, capsys) -> None:
+    """``--demo fashion`` on the MNIST sidecar sends Fashion-MNIST inputs and says on stderr
+    that the adversarial ones were crafted against another model; an unknown name is a
+    one-line error before any call."""
+    assert cli.main(["check", "--demo", "fashion", "--target", target]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == "demo: fashion"
+    assert captured.err.startswith("note: the sidecar serves another model than the bundled")
+    nowhere = f"127.0.0.1:{_closed_port()}"
+    assert cli.main(["check", "--demo", "cifar", "--target", nowhere]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "gradsentry check: error: --demo cifar: no such demo (choose from fashion, mnist)\n"
+    )
