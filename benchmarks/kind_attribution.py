@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from detectors.bundle import load_bundle
-from detectors.challenges import parse_spec
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.kind_sets import REPORT_SEED, KindSets, Rows
 from detectors.demo.datasets import datasets
 from detectors.detector import ReliabilityDetector
-from detectors.features import FeatureExtractor
-from detectors.setcache import SetCache
-
-SLOW = ("cw", "deepfool", "square")
 
 
 def main() -> None:
@@ -42,52 +40,20 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    entry = datasets()[args.dataset]
-    splits = entry.load_splits(args.data or entry.default_data)
-    model = entry.load_model()
-    manifest = load_bundle(entry.artifacts / "bundle").manifest
-    ext = FeatureExtractor.from_dict(model, manifest["feature_spec"])
-    cache = SetCache(args.cache)
-    det, test = splits["detector"], splits["test"]
-    fi, fl = det.images[: args.fit_limit], det.labels[: args.fit_limit]
-    ti, tl = test.images[: args.limit], test.labels[: args.limit]
-
-    def feats(spec: str, images, labels, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        made = cache.generate(parse_spec(spec), model, images, labels, seed=seed, progress=True)
-        out = ext.extract_images(made, progress=spec)
-        return out.features, out.logits.argmax(1)
-
+    sets = KindSets(args.dataset, args.data, args.cache)
     t0 = time.time()
-    fit_x = [ext.extract_images(fi).features]
-    fit_k = ["clean"] * len(fi)
-    fit_g = ["clean"] * len(fi)
-    for i, spec in enumerate(entry.fit_challenges):
-        x, _ = feats(spec, fi, fl, 1 + i)
-        fit_x.append(x)
-        fit_k += [parse_spec(spec).kind] * len(x)
-        fit_g += [spec] * len(x)
-    extra_x, extra_k, extra_g = [], [], []
-    for i, spec in enumerate(entry.attribution_challenges):
-        x, _ = feats(spec, fi, fl, 100 + i)
-        extra_x.append(x)
-        extra_k += [parse_spec(spec).kind] * len(x)
-        extra_g += [spec] * len(x)
-    fit_X, fit_K, fit_G = np.concatenate(fit_x), np.array(fit_k), np.array(fit_g)
-    ex_X, ex_K, ex_G = np.concatenate(extra_x), np.array(extra_k), np.array(extra_g)
-    detector = ReliabilityDetector(log_columns=ext.log_columns).fit(fit_X, fit_K)
+    fit, extra = sets.fit_rows(args.fit_limit)
+    fit_X, fit_K, fit_G = fit.X, fit.kinds, fit.groups
+    ex_X, ex_K, ex_G = extra.X, extra.kinds, extra.groups
+    detector = ReliabilityDetector(log_columns=sets.ext.log_columns).fit(fit_X, fit_K)
     print(f"fit features {time.time() - t0:.0f}s", flush=True)
 
-    seen = set(entry.fit_challenges)
-    test_x, test_fam, test_set = [], [], []
-    for i, (name, spec) in enumerate(entry.report_sets()):
-        if spec in seen or (args.skip_slow and parse_spec(spec).name in SLOW):
-            continue
-        x, _ = feats(spec, ti, tl, 1000 + i)
-        flagged = detector.predict(x)
-        test_x.append(x[flagged])
-        test_fam += [parse_spec(spec).kind] * int(flagged.sum())
-        test_set += [name] * int(flagged.sum())
-    T_X, T_F, T_S = np.concatenate(test_x), np.array(test_fam), np.array(test_set)
+    flagged = []
+    for i, name, spec in sets.unseen_report_sets(args.skip_slow):
+        r = sets.rows(spec, "test", args.limit, REPORT_SEED + i, group=name)
+        flagged.append(r.where(detector.predict(r.X)))
+    test = Rows.join(flagged)
+    T_X, T_F, T_S = test.X, test.kinds, test.groups
     print(f"all features {time.time() - t0:.0f}s; {len(T_X)} flagged unseen inputs", flush=True)
 
     kinds = np.array(detector.kinds_)
@@ -120,7 +86,7 @@ def main() -> None:
         print("   fit sets named right (in sample):", fitted, flush=True)
 
     report("fit kinds only", detector)
-    extra = ReliabilityDetector(log_columns=ext.log_columns).fit(fit_X, fit_K, ex_X, ex_K)
+    extra = ReliabilityDetector(log_columns=sets.ext.log_columns).fit(fit_X, fit_K, ex_X, ex_K)
     report("fit + attribution-only kinds", extra)
     worst = sorted(results["fit + attribution-only kinds"]["sets"].items(), key=lambda kv: kv[1])
     print("worst sets:", ", ".join(f"{s} {v:.0%}" for s, v in worst[:12]))
