@@ -24,20 +24,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.kind_sets import REPORT_SEED, KindSets, Rows
-from detectors.demo.datasets import datasets
+from benchmarks.kind_sets import REPORT_SEED, KindSets, Rows, add_set_arguments
 from detectors.detector import ReliabilityDetector
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=sorted(datasets()), default="mnist")
-    parser.add_argument("--data", type=Path)
-    parser.add_argument("--cache", type=Path, default=Path(".cache/sets"))
-    parser.add_argument("--limit", type=int, default=300, help="test images per set")
-    parser.add_argument("--fit-limit", type=int, default=1000, help="detector-split images")
-    parser.add_argument("--skip-slow", action="store_true", help="leave out CW, DeepFool, Square")
-    parser.add_argument("--json", type=Path)
+    add_set_arguments(parser, "mnist", 300)
     args = parser.parse_args()
 
     sets = KindSets(args.dataset, args.data, args.cache)

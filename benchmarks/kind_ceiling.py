@@ -30,9 +30,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.kind_sets import REPORT_SEED, VIEWS, KindSets, Rows
+from benchmarks.kind_sets import REPORT_SEED, VIEWS, KindSets, Rows, add_set_arguments
 from detectors.challenges import parse_spec
-from detectors.demo.datasets import datasets
 from detectors.detector import ReliabilityDetector
 from detectors.detector.classifiers import CLASSIFIERS
 
@@ -70,15 +69,10 @@ def summary(hits: dict[str, np.ndarray], kinds: dict[str, str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=sorted(datasets()), default="fashion")
-    parser.add_argument("--data", type=Path)
-    parser.add_argument("--cache", type=Path, default=Path(".cache/sets"))
-    parser.add_argument("--limit", type=int, default=500, help="test images per set")
+    add_set_arguments(parser, "fashion", 500)
     parser.add_argument(
         "--train-limit", type=int, default=500, help="detector-split images per set"
     )
-    parser.add_argument("--fit-limit", type=int, default=1000, help="detector-split images")
-    parser.add_argument("--skip-slow", action="store_true", help="leave out CW, DeepFool, Square")
     parser.add_argument(
         "--classifier",
         choices=sorted(CLASSIFIERS),
@@ -92,7 +86,6 @@ def main() -> None:
         default=[],
         help="also give the attribution head the features of these transforms of the input",
     )
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     sets = KindSets(args.dataset, args.data, args.cache, tuple(args.views))

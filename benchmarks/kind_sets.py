@@ -7,6 +7,7 @@ regenerated). Shared by ``kind_attribution.py`` and ``kind_ceiling.py``.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,3 +133,15 @@ class KindSets:
             for i, (name, spec) in enumerate(self.entry.report_sets())
             if spec not in seen and not (skip_slow and parse_spec(spec).name in SLOW)
         ]
+
+
+def add_set_arguments(parser: argparse.ArgumentParser, dataset: str, limit: int) -> None:
+    """The options both kind benchmarks take: which demo, its data and set cache, how many
+    test and detector-split images, whether to leave out the slow attacks."""
+    parser.add_argument("--dataset", choices=sorted(datasets()), default=dataset)
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--cache", type=Path, default=Path(".cache/sets"))
+    parser.add_argument("--limit", type=int, default=limit, help="test images per set")
+    parser.add_argument("--fit-limit", type=int, default=1000, help="detector-split images")
+    parser.add_argument("--skip-slow", action="store_true", help="leave out CW, DeepFool, Square")
+    parser.add_argument("--json", type=Path)
