@@ -297,16 +297,24 @@ class _Recorded:
         self.metrics.observe_request(self.method, code.name, time.perf_counter() - self.start)
 
 
+# A client gives up at its deadline by resetting the stream, which looks like any other
+# cancel. The server's copy of that deadline (grpc-timeout, a relative time) starts when it
+# reads the call's headers, later than the client's by the time they took to be read: tens
+# of milliseconds when the GIL or a busy core delays the event loop. A cancel that comes
+# this close to the server's copy is the client's deadline.
+CLIENT_DEADLINE_SLACK = 0.5  # seconds
+
+
 def final_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
     """The status a call ends with: the code the handler set or aborted with; else
-    DEADLINE_EXCEEDED / CANCELLED when the client is gone (its answer is lost); else
-    ``default``."""
+    DEADLINE_EXCEEDED / CANCELLED when the client is gone (its answer is lost; deadline
+    when it went within CLIENT_DEADLINE_SLACK of its deadline); else ``default``."""
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code
     if context.cancelled() or default is grpc.StatusCode.CANCELLED:
         remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
+        if remaining is not None and remaining <= CLIENT_DEADLINE_SLACK:
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
     return default
