@@ -1,8 +1,10 @@
 """Feature rows for the kind-attribution benchmarks: fit, attribution-only and report sets.
 
-A demo's bundle gives the feature extractor; challenge sets come from the seeded cache,
-made as ``gradsentry demo report`` makes them (so the report's sets are reused, not
-regenerated). Shared by ``kind_attribution.py`` and ``kind_ceiling.py``.
+A demo's bundle gives the feature extractor. Challenge sets are made with the seeds
+``gradsentry demo build`` and ``demo report`` give them, from the first N images of a
+split, and kept in the set cache, so a rerun with the same N reuses them (the report's own
+sets, on 2,000 test images, are other cache entries). Shared by ``kind_attribution.py``
+and ``kind_ceiling.py``.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from scipy.ndimage import median_filter
 from detectors.bundle import load_bundle
 from detectors.challenges import parse_spec
 from detectors.demo.datasets import DemoDataset, datasets
+from detectors.evaluate.run import SET_SEEDS
 from detectors.features import FeatureExtractor
+from detectors.fitting import ATTRIBUTION_SEEDS
 from detectors.setcache import SetCache
 
 #: Attacks that cost most of a run (CW-L2 ~0.6 s of CPU per image, DeepFool ~0.3 s).
 SLOW = ("cw", "deepfool", "square")
-#: Seeds of the fit, attribution-only and report sets, as the benchmarks made them.
-FIT_SEED, ATTRIBUTION_SEED, REPORT_SEED = 1, 100, 1000
+#: Seeds of fit set i (1 + i: ``fit_detector``'s default seed 0, plus one), attribution-only
+#: set i (ATTRIBUTION_SEED + i) and report set i (REPORT_SEED + i), as the library makes them.
+FIT_SEED, ATTRIBUTION_SEED, REPORT_SEED = 1, ATTRIBUTION_SEEDS, SET_SEEDS
 
 
 #: Transforms of an input whose features may be appended for the attribution head only:

@@ -153,18 +153,22 @@ def test_overload_answers_resource_exhausted_and_recovers(tiny_queue, samples) -
     assert stub.Check(request(x), timeout=WAIT).score == pytest.approx(expected.score, abs=1e-6)
 
 
+BACKLOG = 1536
+
+
 def test_a_call_whose_deadline_passes_in_the_queue_is_not_computed(samples) -> None:
-    running, channel = start(max_batch_size=1, max_delay_ms=0, queue_size=1024, max_workers=8)
+    running, channel = start(max_batch_size=1, max_delay_ms=0, queue_size=2048, max_workers=8)
     stub = pb_grpc.ReliabilityStub(channel)
     batcher = running.plane.batcher
     try:
         x = demo_digits(samples, 1)[0]
-        # Keep the worker busy for a while: 512 inputs scored one by one.
+        # Keep the worker busy: BACKLOG inputs scored one by one take about 7 s on 2 cores,
+        # so the calls below meet a busy worker on a machine several times faster.
         backlog = stub.CheckBatch.future(
-            pb.CheckBatchRequest(requests=[request(x)] * 512), timeout=WAIT
+            pb.CheckBatchRequest(requests=[request(x)] * BACKLOG), timeout=WAIT
         )
         for _ in range(int(WAIT * 100)):
-            if batcher.stats().submitted >= 512:
+            if batcher.stats().submitted >= BACKLOG:
                 break
             time.sleep(0.01)
         with pytest.raises(grpc.RpcError) as info:
@@ -175,8 +179,18 @@ def test_a_call_whose_deadline_passes_in_the_queue_is_not_computed(samples) -> N
         # and counted it. On failure, every code the server recorded for Check.
         ended = wait_calls_ended(running, "Check", "DEADLINE_EXCEEDED", 1)
         assert ended == 1, {c.name: calls_ended(running, "Check", c.name) for c in grpc.StatusCode}
+        # A client that cancels 0.3 s before its deadline is counted so too (within
+        # CLIENT_DEADLINE_SLACK); one that cancels with most of its time left, CANCELLED.
+        near = stub.Check.future(request(x), timeout=1.0)
+        far = stub.Check.future(request(x), timeout=WAIT)
+        time.sleep(0.7)
+        assert not backlog.done(), "the backlog ended before the cancels: nothing was tested"
+        near.cancel()
+        far.cancel()
+        assert wait_calls_ended(running, "Check", "DEADLINE_EXCEEDED", 2) == 2
+        assert wait_calls_ended(running, "Check", "CANCELLED", 1) == 1
         assert calls_ended(running, "Check", "OK") == 0
-        assert len(backlog.result().responses) == 512
+        assert len(backlog.result().responses) == BACKLOG
         # The batcher drops the late input when it comes to it, which may be a moment
         # after the backlog's last answer reached the client.
         deadline = time.monotonic() + WAIT
@@ -185,7 +199,7 @@ def test_a_call_whose_deadline_passes_in_the_queue_is_not_computed(samples) -> N
         ) and time.monotonic() < deadline:
             time.sleep(0.01)
         # The late call never reached the model: dropped as expired or cancelled.
-        assert stats.scored == 512
+        assert stats.scored == BACKLOG
         assert stats.submitted - stats.scored == stats.expired + stats.cancelled
     finally:
         channel.close()
