@@ -35,7 +35,8 @@ GROUPS = {
     "gradients only": {"gradient"},
     "gradients + logit stats": {"gradient", "logit"},
     "all but gradients": {"logit", "activation"},
-    "all features": {"gradient", "logit", "activation", "novelty"},
+    "all but views": {"gradient", "logit", "activation", "novelty"},
+    "all features": {"gradient", "logit", "activation", "novelty", "view"},
 }
 STRATEGIES = ("per_kind", "multiclass", "binary")
 

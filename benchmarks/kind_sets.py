@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import median_filter
+import torch
 
 from detectors.bundle import load_bundle
 from detectors.challenges import parse_spec
@@ -24,6 +24,7 @@ from detectors.evaluate.run import SET_SEEDS
 from detectors.features import FeatureExtractor
 from detectors.fitting import ATTRIBUTION_SEEDS
 from detectors.setcache import SetCache
+from detectors.views import VIEWS as LIBRARY_VIEWS
 
 #: Attacks that cost most of a run (CW-L2 ~0.6 s of CPU per image, DeepFool ~0.3 s).
 SLOW = ("cw", "deepfool", "square")
@@ -33,15 +34,12 @@ FIT_SEED, ATTRIBUTION_SEED, REPORT_SEED = 1, ATTRIBUTION_SEEDS, SET_SEEDS
 
 
 #: Transforms of an input whose features may be appended for the attribution head only:
-#: images float32 [N, 1, H, W] in [0, 1] -> the same shape. "stretch" spreads each image
-#: over [0, 1] (undoes brightness, contrast, haze); "median" is a 3x3 median filter
-#: (removes pixel noise).
+#: images float32 [N, C, H, W] in [0, 1] -> the same shape; the library's views
+#: (``detectors.views``: "stretch" spreads each image over [0, 1], undoing brightness,
+#: contrast, haze; "median" is a 3x3 median filter, removing pixel noise).
 VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "stretch": lambda x: (
-        (x - x.min(axis=(1, 2, 3), keepdims=True))
-        / np.maximum(np.ptp(x, axis=(1, 2, 3), keepdims=True), 1e-6)
-    ).astype(np.float32),
-    "median": lambda x: median_filter(x, size=(1, 1, 3, 3), mode="nearest"),
+    name: (lambda x, view=view: view(torch.from_numpy(x)).numpy())
+    for name, view in LIBRARY_VIEWS.items()
 }
 
 

@@ -10,7 +10,9 @@ For an input batch x [B, ...] one probe pass gives
   features — and earlier ones, pooled per channel to mean and max), and the
   "gradient novelty": the Mahalanobis distance of the log gradient-norm vector to the
   clean vectors of the predicted class — an unsupervised score that does not depend on
-  which challenge kinds H was fitted on.
+  which challenge kinds H was fitted on,
+- optionally, for each squeezed view of the input (``detectors.views``: a 3×3 median
+  filter), how far the softmax moves on the view: one more forward pass per view.
 Everything needed to recompute the vector is described by ``to_dict()`` (plain JSON),
 which the detector bundle stores; ``schema`` names every column in order.
 """
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 from detectors.gaussian import fit_tied_gaussian, min_class_distance
 from detectors.losses import get_loss
 from detectors.probe import GradientProbe
+from detectors.views import check_views, view_shifts
 
 # name -> logits [B, C] -> [B]
 LOGIT_STATS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -199,6 +202,8 @@ class FeatureExtractor:
             there); None picks ``default_layers(model)``, () none.
         novelty: add the gradient-novelty feature (needs ``fit``).
         params: parameter names for the probe (default: all trainable).
+        views: names from ``detectors.views.VIEWS``; each adds the prediction's shift on
+            that view of the input (image batches [B, C, H, W] only).
     """
 
     def __init__(
@@ -209,6 +214,7 @@ class FeatureExtractor:
         layers: Sequence[str] | None = None,
         novelty: bool = True,
         params: Sequence[str] | None = None,
+        views: Sequence[str] = (),
     ) -> None:
         unknown = [s for s in logit_stats if s not in LOGIT_STATS]
         if unknown:
@@ -227,6 +233,7 @@ class FeatureExtractor:
             except AttributeError:
                 raise ValueError(f"layer {name!r} is not a submodule of the model") from None
         self.novelty = novelty
+        self.views = check_views(tuple(views))
         self.probe = GradientProbe(model, params=params)
         self.layer_stats_: dict[str, Gaussians] | None = None
         self.novelty_stats_: Gaussians | None = None
@@ -262,6 +269,10 @@ class FeatureExtractor:
         ]
         if self.novelty:
             cols.append({"name": "gradient/novelty", "group": "novelty", "shape": [], "log": True})
+        cols += [
+            {"name": f"view/{v}/shift", "group": "view", "shape": [], "log": True}
+            for v in self.views
+        ]
         return cols
 
     @property
@@ -272,13 +283,16 @@ class FeatureExtractor:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable description, including the fitted statistics."""
         self._check_fitted()
-        return {
+        spec = {
             "losses": list(self.losses),
             "params": list(self.probe.feature_names),
             "logit_stats": list(self.logit_stats),
             "layers": {n: g.to_dict() for n, g in (self.layer_stats_ or {}).items()},
             "novelty": self.novelty_stats_.to_dict() if self.novelty_stats_ else None,
         }
+        if self.views:  # absent without views: bundles written before views still load
+            spec["views"] = list(self.views)
+        return spec
 
     @classmethod
     def from_dict(cls, model: nn.Module, spec: dict[str, Any]) -> FeatureExtractor:
@@ -292,6 +306,7 @@ class FeatureExtractor:
                 list(layers),
                 spec["novelty"] is not None,
                 spec["params"],
+                views=spec.get("views", ()),
             )
             ext.layer_stats_ = {
                 n: Gaussians.from_dict(
@@ -356,8 +371,15 @@ class FeatureExtractor:
         if self.novelty:
             pred = out.logits.argmax(1).cpu().numpy()
             parts.append(self.novelty_stats_.to_class(_log(grads), pred)[:, None])  # type: ignore[union-attr]
+        timings = dict(out.timings)
+        if self.views:  # forward passes: timed as such, not as statistics
+            t1 = time.perf_counter()
+            with torch.no_grad():
+                parts.append(view_shifts(self.model, x, out.logits, self.views).cpu().numpy())
+            timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - t1
+            t0 += time.perf_counter() - t1
         feats = np.concatenate(parts, axis=1)
-        timings = {**out.timings, "statistics": time.perf_counter() - t0}
+        timings["statistics"] = time.perf_counter() - t0
         return Extracted(out.logits.float().cpu().numpy(), feats, timings)
 
     def extract_images(

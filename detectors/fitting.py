@@ -48,6 +48,7 @@ def fit_detector(
     stats_images: np.ndarray | None = None,
     stats_labels: np.ndarray | None = None,
     losses: Sequence[str] = DEFAULT_LOSSES,
+    views: Sequence[str] = (),
     classifier: str = "logistic",
     strategy: str = "per_kind",
     target_fpr: float = 0.05,
@@ -72,6 +73,7 @@ def fit_detector(
     attribution_challenges: more generators, made from the same clean images, that only
     the kind-attribution head is trained on (the detection heads see ``challenges`` only),
     from the first ``attribution_limit`` of H's clean images (None: all).
+    views: squeezed views whose prediction shift is a feature (``detectors.views``).
     """
     if not challenges:
         raise ValueError("name at least one challenge to fit against")
@@ -83,7 +85,7 @@ def fit_detector(
         images, labels = images[order[half:]], labels[order[half:]]
     elif stats_labels is None:
         raise ValueError("stats_images need stats_labels")
-    extractor = FeatureExtractor(model, losses=losses)
+    extractor = FeatureExtractor(model, losses=losses, views=views)
     extractor.fit(
         stats_images,
         stats_labels,
@@ -142,6 +144,7 @@ def fit_detector(
             {"spec": c.spec, "kind": c.kind} for c in attribution_challenges
         ],
         "losses": list(losses),
+        "views": list(extractor.views),
         "seed": seed,
         "n_stats": len(stats_images),
     }

@@ -11,7 +11,9 @@ recomputes the same vector with every step kept in the graph:
   per-sample norms — the same arithmetic the probe does, now differentiable in x (a
   double backward);
 - logit statistics, activation Mahalanobis distances and gradient novelty, from the same
-  forward, with the extractor's fitted statistics as float64 constants.
+  forward, with the extractor's fitted statistics as float64 constants;
+- the prediction's shift on each squeezed view (``detectors.views``), one more forward
+  pass per view, through the same torch view the server applies.
 
 The result matches ``FeatureExtractor.extract`` to float32 rounding (tests compare them).
 """
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from detectors.features import LOG_FLOOR, LOGIT_STATS, FeatureExtractor, Gaussians, pool
 from detectors.losses import get_loss
 from detectors.probe.registry import ProbeError, rule_for
+from detectors.views import view_shifts
 
 
 class GaussianDistance(nn.Module):
@@ -74,6 +77,7 @@ class TorchFeatures(nn.Module):
         self.losses = tuple(extractor.losses)
         self.logit_stats = tuple(extractor.logit_stats)
         self.layers = tuple(extractor.layers)
+        self.views = tuple(extractor.views)
         owners: dict[str, tuple[str, nn.Module, str]] = {}
         for mod_name, module in self.model.named_modules():
             prefix = f"{mod_name}." if mod_name else ""
@@ -145,6 +149,9 @@ class TorchFeatures(nn.Module):
         if self.novelty is not None:
             log_grads = grad_block.clamp_min(LOG_FLOOR).log()
             parts.append(self.novelty.to_class(log_grads, logits.argmax(1))[:, None])
+        if self.views:  # after the hooks are gone: the view's forward records nothing
+            with torch.enable_grad():
+                parts.append(view_shifts(self.model, x, logits, self.views))
         return logits, torch.cat(parts, 1)
 
     @staticmethod

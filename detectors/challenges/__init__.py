@@ -27,6 +27,7 @@ from detectors.challenges.registry import (
     register,
 )
 from detectors.challenges.square import Square
+from detectors.challenges.tone import Tone
 
 __all__ = [
     "BIM",
@@ -44,6 +45,7 @@ __all__ = [
     "MomentumIterative",
     "OutOfDistribution",
     "Square",
+    "Tone",
     "available",
     "get_challenge",
     "parse_spec",

@@ -103,6 +103,7 @@ def build(entry: DemoDataset, splits: dict, args: argparse.Namespace) -> int:
         attribution_limit=entry.attribution_limit,
         stats_images=splits["classifier"].images[: entry.stats_limit],
         stats_labels=splits["classifier"].labels[: entry.stats_limit],
+        views=entry.views,
         progress=progress,
         cache=SetCache(args.cache),
     )

@@ -21,6 +21,7 @@ from detectors.fitting import fit_detector, write_bundle
 from detectors.losses import available_losses
 from detectors.precision import MODEL_DTYPES, cast_model
 from detectors.setcache import SetCache
+from detectors.views import VIEWS
 
 DEFAULT_CHALLENGES = [
     "fgsm:eps=0.2",
@@ -56,6 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=available_losses(),
         default=None,
         help="confounding loss(es) whose gradient norms are features (default all_ones)",
+    )
+    p.add_argument(
+        "--view",
+        action="append",
+        choices=sorted(VIEWS),
+        default=None,
+        help="squeezed view whose prediction shift is a feature (repeatable; image models; "
+        "one more forward pass per view per request; the demos use median)",
     )
     p.add_argument("--classifier", choices=sorted(CLASSIFIERS), default="logistic")
     p.add_argument("--strategy", choices=sorted(STRATEGIES), default="per_kind")
@@ -98,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         stats_images=stats[0],
         stats_labels=stats[1],
         losses=args.loss or DEFAULT_LOSSES,
+        views=args.view or (),
         classifier=args.classifier,
         strategy=args.strategy,
         target_fpr=args.target_fpr,

@@ -94,13 +94,14 @@ def stats_data(digits: tuple[np.ndarray, np.ndarray], files: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def fit_run(files: Path, weights: Path, fit_data: Path, stats_data: Path) -> tuple[Run, Path]:
-    """``gradsentry fit`` against FIT_SPECS; (its outcome, the bundle directory)."""
+    """``gradsentry fit`` against FIT_SPECS with the median view; (its outcome, the bundle
+    directory)."""
     out = files / "bundle"
     challenges = [arg for spec in FIT_SPECS for arg in ("--challenge", spec)]
     result = run_cli(
         "fit", "--model", MODEL, "--weights", weights, "--data", fit_data, *challenges,
         "--stats-data", stats_data, "--out", out, "--target-fpr", "0.1", "--seed", "1",
-        "--quiet",
+        "--view", "median", "--quiet",
     )  # fmt: skip
     return result, out
 

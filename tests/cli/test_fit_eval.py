@@ -34,6 +34,10 @@ def test_fit_writes_a_bundle_and_prints_a_summary(
     ]
     assert manifest["kinds"] == ["adversarial", "ood"]
     assert manifest["target_fpr"] == 0.1
+    # --view median: the prediction's shift on the view is the last column.
+    assert manifest["fit_summary"]["views"] == ["median"]
+    assert manifest["feature_spec"]["views"] == ["median"]
+    assert manifest["feature_schema"][-1]["name"] == "view/median/shift"
     # One summary line naming the bundle, the detector and its calibration.
     (line,) = result.out.strip().splitlines()
     assert line.startswith(f"bundle written to {bundle}: ")

@@ -32,6 +32,7 @@ class DemoDataset:
         trained on (kind against kind), disjoint from every set the report evaluates.
     report_sets: () -> [(name, challenge spec)] of every set the report evaluates.
     check_bars: report dict (``Report.to_dict()``) -> the data set's bars.
+    views: squeezed views whose prediction shift is a feature (``detectors.views``).
     test_limit: how many test images the committed report evaluates (None: all).
     stats_limit: how many classifier-split images fit the feature statistics (None: all).
     attribution_limit: from how many detector-split images the attribution-only sets
@@ -53,6 +54,7 @@ class DemoDataset:
     report_sets: Callable[[], list[tuple[str, str]]]
     check_bars: Callable[[dict[str, Any]], list[Bar]]
     detector_data: str
+    views: tuple[str, ...] = ()
     test_limit: int | None = None
     stats_limit: int | None = None
     attribution_limit: int | None = None
