@@ -22,6 +22,13 @@ ATTRIBUTION_CHALLENGES: tuple[str, ...] = (
     "corruption:type=spatter,severity=3",
     "ood:source=shapes",
     "ood:source=smooth",
+    # Tone curves and hazes (toward grey, black and white): photometric changes that none
+    # of the report's 15 corruptions makes, so the head learns what a moved range means.
+    "tone:gamma=0.5,haze=0.3,level=0.5",
+    "tone:gamma=2.0,haze=0.3,level=0.5",
+    "tone:gamma=1.0,haze=0.6,level=0.3",
+    "tone:gamma=1.0,haze=0.5,level=0.0",
+    "tone:gamma=1.0,haze=0.5,level=1.0",
 )
 
 ATTACKS: tuple[tuple[str, str], ...] = (

@@ -30,6 +30,7 @@ def test_fit_result_describes_the_fit(
         "n_clean": len(fit_split[0]),
         "challenges": [{"spec": parse_spec(s).spec, "kind": parse_spec(s).kind} for s in FIT_SPECS],
         "losses": list(DEFAULT_LOSSES),
+        "views": [],
         "seed": 3,
         "n_stats": STATS_SLICE.stop - STATS_SLICE.start,
         "n_attribution_images": 0,
