@@ -11,8 +11,9 @@ For an input batch x [B, ...] one probe pass gives
   "gradient novelty": the Mahalanobis distance of the log gradient-norm vector to the
   clean vectors of the predicted class — an unsupervised score that does not depend on
   which challenge kinds H was fitted on,
-- optionally, for each squeezed view of the input (``detectors.views``: a 3×3 median
-  filter), how far the softmax moves on the view: one more forward pass per view.
+- optionally, for each view of the input (``detectors.views``: a 3×3 median filter, a
+  stretch of the intensity range), how far the softmax moves on the view: one more
+  forward pass per view.
 Everything needed to recompute the vector is described by ``to_dict()`` (plain JSON),
 which the detector bundle stores; ``schema`` names every column in order.
 """
