@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from detectors.precision import HALF_DTYPES, model_dtype
+
 #: The least shift a column reports. Two float32 forward passes of one input agree to ~1e-7
 #: per probability, so smaller shifts are rounding, not signal; H reads the column's
 #: logarithm, and an exact 0 (an input the view leaves unchanged) would otherwise become
@@ -92,5 +94,8 @@ def view_shifts(
     """[B, len(names)] float64: ``shift`` of each view; differentiable in x unless the caller
     runs it under ``torch.no_grad()``."""
     z = logits.double()
-    cols = [shift(z, model(VIEWS[n](x)).double()) for n in names]
+    # A float16/bfloat16 model takes its own dtype, as the probe casts its input.
+    dtype = model_dtype(model)
+    cast = (lambda v: v.to(dtype)) if dtype in HALF_DTYPES else (lambda v: v)
+    cols = [shift(z, model(cast(VIEWS[n](x))).double()) for n in names]
     return torch.stack(cols, 1) if cols else z.new_zeros((len(z), 0))

@@ -136,3 +136,17 @@ def test_median_removes_isolated_pixels() -> None:
     x[0, 0, 10:13, 10:13] = 1.0
     out = median(torch.from_numpy(x)).numpy()
     assert out[0, 0, 5, 5] == 0.0 and out[0, 0, 11, 11] == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_views_run_on_a_half_precision_model(
+    dtype: torch.dtype, batch: torch.Tensor, digits_model: nn.Module
+) -> None:
+    """A float16/bfloat16 model gets float32 inputs, which the probe casts; the views are
+    cast the same way (the served half-precision demo failed without it)."""
+    import copy
+
+    half = copy.deepcopy(digits_model).to(dtype)
+    ext = FeatureExtractor(half, losses=["all_ones"], layers=(), novelty=False, views=list(VIEWS))
+    cols = ext.extract(batch).features[:, -len(VIEWS) :]
+    assert np.isfinite(cols).all() and (cols >= SHIFT_FLOOR).all() and (cols <= 2).all()
