@@ -48,6 +48,13 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+def model_input(model: nn.Module, x: Tensor) -> Tensor:
+    """x as the model takes it: cast to a float16/bfloat16 model's dtype, else unchanged
+    (a float32 model keeps its input; float64 inputs are the caller's choice)."""
+    dtype = model_dtype(model)
+    return x.to(dtype) if dtype in HALF_DTYPES and x.dtype != dtype else x
+
+
 def cast_model(model: nn.Module, name: str) -> nn.Module:
     """Cast the model's floating parameters and buffers to ``name`` in place (the same
     Parameter objects, so hooks and probes built on it stay valid); returns the model."""

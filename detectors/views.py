@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detectors.precision import HALF_DTYPES, model_dtype
+from detectors.precision import model_input
 
 #: The least shift a column reports. Two float32 forward passes of one input agree to ~1e-7
 #: per probability, so smaller shifts are rounding, not signal; H reads the column's
@@ -56,13 +56,17 @@ def check_views(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _check_images(x: Tensor, view: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(
+            f"the {view} view needs image batches [B, C, H, W], got shape {tuple(x.shape)}"
+        )
+
+
 @register_view("median")
 def median(x: Tensor) -> Tensor:
     """3×3 median filter per channel, edges replicated (scipy's ``mode="nearest"``)."""
-    if x.dim() != 4:
-        raise ValueError(
-            f"the median view needs image batches [B, C, H, W], got shape {tuple(x.shape)}"
-        )
+    _check_images(x, "median")
     padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
     patches = padded.unfold(2, 3, 1).unfold(3, 3, 1)  # [B, C, H, W, 3, 3]
     return patches.reshape(*x.shape, 9).median(dim=-1).values
@@ -73,10 +77,7 @@ def stretch(x: Tensor) -> Tensor:
     """Each image's intensity range stretched to [0, 1] (inputs in [0, 1], as the demos and
     the bundled EfficientNet take them): undoes a haze, a fade or a lost contrast, and
     leaves an image that already spans the range as it is."""
-    if x.dim() != 4:
-        raise ValueError(
-            f"the stretch view needs image batches [B, C, H, W], got shape {tuple(x.shape)}"
-        )
+    _check_images(x, "stretch")
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
     span = (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(STRETCH_MIN_SPAN)
     return (x - lo) / span
@@ -94,8 +95,5 @@ def view_shifts(
     """[B, len(names)] float64: ``shift`` of each view; differentiable in x unless the caller
     runs it under ``torch.no_grad()``."""
     z = logits.double()
-    # A float16/bfloat16 model takes its own dtype, as the probe casts its input.
-    dtype = model_dtype(model)
-    cast = (lambda v: v.to(dtype)) if dtype in HALF_DTYPES else (lambda v: v)
-    cols = [shift(z, model(cast(VIEWS[n](x))).double()) for n in names]
+    cols = [shift(z, model(model_input(model, VIEWS[n](x))).double()) for n in names]
     return torch.stack(cols, 1) if cols else z.new_zeros((len(z), 0))

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from detectors.losses import get_loss
-from detectors.precision import HALF_DTYPES, model_dtype, upcast, upcast_all
+from detectors.precision import model_input, upcast, upcast_all
 from detectors.probe import rules as _rules  # noqa: F401  (registers every rule)
 from detectors.probe.ops import OpTracker
 from detectors.probe.registry import ProbeError, rule_for
@@ -190,9 +190,7 @@ class GradientProbe:
         current["batch"] = batch
         x_in = x.detach()
         timer = timer_for(x.device)  # CUDA events on a GPU, the host clock on the CPU
-        dtype = model_dtype(self.model)
-        if dtype in HALF_DTYPES and x_in.dtype != dtype:  # a float16/bfloat16 model
-            x_in = x_in.to(dtype)
+        x_in = model_input(self.model, x_in)  # a float16/bfloat16 model takes its dtype
         tracker = None
         if self._op_params:
             tracker = OpTracker(
