@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -125,7 +126,10 @@ def test_concurrent_submits_are_grouped_up_to_max_batch_size(gated, samples) -> 
     # Queued while the worker was busy: they leave in full batches, then the remainder.
     assert gated.runs == [1, 8, 8, 3]
     assert batcher.depth == 0
-    assert [r.timings["batch_size"] for r in results] == [1] + [8] * 16 + [3] * 3
+    # The 19 threads reach the queue in any order, so only the first input's batch is known;
+    # the others' batch sizes are compared as a multiset.
+    assert results[0].timings["batch_size"] == 1
+    assert Counter(r.timings["batch_size"] for r in results[1:]) == {8: 16, 3: 3}
     # Time in the queue is measured per input, from submit to its batch's start: the first
     # waited max_delay_ms for company.
     assert results[0].timings["queue"] >= 0.2
