@@ -30,10 +30,12 @@ if TYPE_CHECKING:  # the in-process Pipeline only; the gRPC process never import
 
 log = logging.getLogger(__name__)
 
-# Calibration of min_rows: a random probe batch of max_batch_size rows (at least this many)
-# is the reference...
-CALIBRATION_ROWS = 16
-# ...and these are the candidate minimum batch sizes, smallest first, up to max_batch_size.
+# Calibration of min_rows: a random probe batch of max_batch_size rows is the reference
+# (the largest batch the server runs: a kernel path taken only by larger batches is never
+# met, and on CPUs whose kernels change between a few rows and 16, a larger reference left
+# no candidate that matched it)...
+# ...and these are the candidate minimum batch sizes, smallest first, below max_batch_size
+# (which is the last candidate).
 MIN_ROWS_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # "The same result": equal up to float64 noise of the statistics computed after the model.
 _SAME_RTOL = 1e-9
@@ -151,16 +153,17 @@ class BasePipeline:
 
     def calibrate(self, seed: int = 0) -> int:
         """Set and return ``min_rows``: the smallest candidate m such that a random probe
-        input scored in batches of m, m + 1 and 2m + 1 rows gets the features, probabilities
-        and score it gets in a batch of max_batch_size rows (candidates up to
-        max_batch_size). 1 (no padding) with a warning when no candidate does.
+        input scored in batches of m, m + 1 and 2m + 1 rows (those not above
+        max_batch_size) gets the features, probabilities and score it gets in a batch of
+        max_batch_size rows. m = max_batch_size, one shape, always qualifies unless the
+        kernels are not deterministic: then 1 (no padding) with a warning.
 
         With ``fixed_batch`` (a GPU) ``min_rows`` is max_batch_size, and calibration checks
         that a few rows padded to it get the answers they get in the full random batch; a
         warning when they do not (non-deterministic kernels: see ``cuda_numerics``)."""
         # Kernels are chosen by shape, not value: any generic finite input shows the paths.
         lo, hi = self.spec.value_range
-        rows = max(self.max_batch_size, 1 if self.fixed_batch else CALIBRATION_ROWS)
+        rows = self.max_batch_size
         rng = np.random.default_rng(seed)
         probe = rng.uniform(lo, hi, (rows, *self.spec.shape))
         probe = probe.astype(self.spec.dtype)
@@ -184,7 +187,7 @@ class BasePipeline:
                     rows,
                 )
                 return self.min_rows
-            candidates = [m for m in MIN_ROWS_CANDIDATES if m <= self.max_batch_size]
+            candidates = [m for m in MIN_ROWS_CANDIDATES if m < rows] + [rows]
             for m in candidates:
                 sizes = sorted({k for k in (m, m + 1, 2 * m + 1) if k <= rows})
                 if all(_same_rows(self._check(probe[:k]), ref, k) for k in sizes):

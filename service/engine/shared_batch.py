@@ -18,7 +18,7 @@ it is counted in the container's memory. Its pages are reserved when it is made
 with SIGBUS mid-batch. One buffer is made per worker (a restarted worker gets a fresh
 one) with one slot per batch the batcher may have in flight, each sized for
 ``max_batch_size`` inputs. When it cannot be made, or a batch does not fit its slot or
-finds no free slot (calibration batches larger than ``max_batch_size``), the batch goes
+finds no free slot, the batch goes
 over the socket as before.
 
 A slot is written only while no batch in it is with the worker: it is taken when the batch

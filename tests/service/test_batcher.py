@@ -78,8 +78,9 @@ def gated(sentry: Sentry) -> Iterator[GatedPipeline]:
 def test_padding_makes_results_independent_of_the_batch_size(gated, samples) -> None:
     inputs = as_inputs(samples[0][:16])
     reference = gated.run(inputs)
-    assert 1 <= gated.min_rows <= 8
-    for k in range(1, 9):
+    # min_rows depends on the CPU's kernels (8 on some machines, 16 on others with AMX).
+    assert 1 <= gated.min_rows <= gated.max_batch_size
+    for k in range(1, 17):
         for a, b in zip(gated.run(inputs[:k]), reference, strict=False):
             assert_same(a, b)
             assert a.timings["batch_size"] == k  # padding rows are not counted
