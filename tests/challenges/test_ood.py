@@ -17,9 +17,8 @@ SOURCES = sorted(sources())
 
 
 def test_expected_sources_are_registered() -> None:
-    assert {"uniform", "gaussian", "digits", "skimage", "textures", "shapes", "smooth"} <= set(
-        SOURCES
-    )
+    expected = {"uniform", "gaussian", "digits", "skimage", "textures", "shapes", "smooth"}
+    assert expected | {"glyphs"} <= set(SOURCES)
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 20, 24)])
@@ -41,6 +40,17 @@ def test_gaussian_noise_is_centred_and_clipped() -> None:
     assert abs(images.mean() - 0.5) < 0.01
     assert 0.2 < images.std() < 0.25  # sigma 0.25, slightly shrunk by clipping
     assert (images == 0.0).any() and (images == 1.0).any()
+
+
+def test_glyphs_are_light_antialiased_strokes_on_a_dark_ground() -> None:
+    images = sources()["glyphs"](40, (1, 28, 28), np.random.default_rng(0))[:, 0]
+    ground = images.reshape(40, -1).min(axis=1)
+    ink = images.reshape(40, -1).max(axis=1)
+    assert (ground < 40 / 255 + 1e-6).all()  # the ground is drawn in [0, 40] of 255
+    assert (ink > 0.6).all()  # every image has a stroke, drawn in [180, 255] of 255
+    # box-filtered from 4x: stroke edges take intermediate levels, not only ground and ink
+    between = (images > ground[:, None, None] + 0.1) & (images < ink[:, None, None] - 0.1)
+    assert between.any(axis=(1, 2)).all()
 
 
 def test_skimage_patches_fit_targets_larger_than_some_photos() -> None:

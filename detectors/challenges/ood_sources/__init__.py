@@ -1,6 +1,7 @@
 """OOD sources for ``ood:source=<name>``: a registry, one module per source."""
 
 from detectors.challenges.ood_sources.gaussian import gaussian_noise
+from detectors.challenges.ood_sources.glyphs import glyphs
 from detectors.challenges.ood_sources.registry import (
     OodSource,
     cycled_indices,
@@ -18,6 +19,7 @@ __all__ = [
     "OodSource",
     "cycled_indices",
     "gaussian_noise",
+    "glyphs",
     "random_shapes",
     "register_source",
     "skimage_patches",
