@@ -47,4 +47,6 @@ def test_head_combination_runs_on_the_fashion_demo(tmp_path: Path) -> None:
         assert not set(slow) & set(sets)
         assert all(0.0 <= v <= 1.0 for v in sets.values())
         assert set(result["means"]) == {"adversarial", "corrupted", "ood", "all"}
+    # one head per fitted generator and per extra OOD source, each scored alone
+    assert list(report["heads_alone"]) == [*report["fit_challenges"], "ood:source=glyphs"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
