@@ -26,7 +26,7 @@ def test_head_combination_runs_on_the_fashion_demo(tmp_path: Path) -> None:
     report = run_script(
         "head_combination.py",
         *("--limit", "40", "--attack-limit", "10", "--fit-limit", "300"),
-        *("--json", str(out), "--plot", str(png)),
+        *("--json", str(out), "--plot", str(png), "--cache", str(tmp_path / "sets")),
         *("--exclude", *slow),
         report=out,
     )
