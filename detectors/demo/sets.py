@@ -11,6 +11,22 @@ FIT_CHALLENGES: tuple[str, ...] = (
     "ood:source=uniform",
 )
 
+#: Tone curves and hazes (toward grey, black and white), attribution-only generators of
+#: both demos: photometric changes that none of the report's 15 corruptions makes, so the
+#: head learns what a moved intensity range means.
+TONES: tuple[str, ...] = (
+    "tone:gamma=0.5,haze=0.3,level=0.5",
+    "tone:gamma=2.0,haze=0.3,level=0.5",
+    "tone:gamma=1.0,haze=0.6,level=0.3",
+    "tone:gamma=1.0,haze=0.5,level=0.0",
+    "tone:gamma=1.0,haze=0.5,level=1.0",
+)
+
+#: The views both demos' bundles carry: small-norm attacks (CW-L2, DeepFool) flip back
+#: under a 3×3 median filter, photometric corruptions under a stretch of the range (two
+#: more forward passes per request).
+VIEWS: tuple[str, ...] = ("median", "stretch")
+
 #: More generators per family for the kind-attribution head only (not the detection
 #: heads); none of them is a set of the report, so its unseen sets stay unseen.
 ATTRIBUTION_CHALLENGES: tuple[str, ...] = (
@@ -22,13 +38,7 @@ ATTRIBUTION_CHALLENGES: tuple[str, ...] = (
     "corruption:type=spatter,severity=3",
     "ood:source=shapes",
     "ood:source=smooth",
-    # Tone curves and hazes (toward grey, black and white): photometric changes that none
-    # of the report's 15 corruptions makes, so the head learns what a moved range means.
-    "tone:gamma=0.5,haze=0.3,level=0.5",
-    "tone:gamma=2.0,haze=0.3,level=0.5",
-    "tone:gamma=1.0,haze=0.6,level=0.3",
-    "tone:gamma=1.0,haze=0.5,level=0.0",
-    "tone:gamma=1.0,haze=0.5,level=1.0",
+    *TONES,
 )
 
 ATTACKS: tuple[tuple[str, str], ...] = (

@@ -3,6 +3,7 @@ computation in any batch composition, its spec, and the errors a user can meet."
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -144,8 +145,6 @@ def test_views_run_on_a_half_precision_model(
 ) -> None:
     """A float16/bfloat16 model gets float32 inputs, which the probe casts; the views are
     cast the same way (the served half-precision demo failed without it)."""
-    import copy
-
     half = copy.deepcopy(digits_model).to(dtype)
     ext = FeatureExtractor(half, losses=["all_ones"], layers=(), novelty=False, views=list(VIEWS))
     cols = ext.extract(batch).features[:, -len(VIEWS) :]

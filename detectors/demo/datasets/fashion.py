@@ -14,7 +14,7 @@ from detectors.demo.bars import check_fashion_bars
 from detectors.demo.datasets.registry import DemoDataset, register
 from detectors.demo.fashion_model import build_model
 from detectors.demo.fashion_train import DEFAULT_DIR, load_fashion, train_classifier
-from detectors.demo.sets import SEVERITIES
+from detectors.demo.sets import SEVERITIES, TONES, VIEWS
 
 #: H sees exactly these at fit time (FGSM at Fashion-MNIST's usual budget, 0.1).
 FIT_CHALLENGES: tuple[str, ...] = (
@@ -33,13 +33,7 @@ ATTRIBUTION_CHALLENGES: tuple[str, ...] = (
     "corruption:type=spatter,severity=3",
     "ood:source=shapes",
     "ood:source=smooth",
-    # Tone curves and hazes (toward grey, black and white): photometric changes that none
-    # of the report's 15 corruptions makes, so the head learns what a moved range means.
-    "tone:gamma=0.5,haze=0.3,level=0.5",
-    "tone:gamma=2.0,haze=0.3,level=0.5",
-    "tone:gamma=1.0,haze=0.6,level=0.3",
-    "tone:gamma=1.0,haze=0.5,level=0.0",
-    "tone:gamma=1.0,haze=0.5,level=1.0",
+    *TONES,
 )
 
 ATTACKS: tuple[tuple[str, str], ...] = (
@@ -90,9 +84,7 @@ FASHION = register(
         report_sets=report_sets,
         check_bars=check_fashion_bars,
         detector_data="Fashion-MNIST training images 55,000-56,999 of the fixed split",
-        # Small-norm attacks (CW-L2, DeepFool) flip back under a 3×3 median filter, and
-        # photometric corruptions under a stretch of the range: two more forward passes.
-        views=("median", "stretch"),
+        views=VIEWS,
         test_limit=2000,
         # Class means and one tied covariance of <= 128 dimensions: 10,000 images are plenty,
         # and the probe pass over all 55,000 would cost minutes for nothing.

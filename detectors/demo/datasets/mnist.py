@@ -8,7 +8,7 @@ from detectors.demo import ARTIFACTS
 from detectors.demo.bars import check_bars
 from detectors.demo.datasets.registry import DemoDataset, register
 from detectors.demo.model import build_model
-from detectors.demo.sets import ATTRIBUTION_CHALLENGES, FIT_CHALLENGES, report_sets
+from detectors.demo.sets import ATTRIBUTION_CHALLENGES, FIT_CHALLENGES, VIEWS, report_sets
 from detectors.demo.train import load_mnist_npz, train_classifier
 
 MNIST = register(
@@ -28,8 +28,6 @@ MNIST = register(
         report_sets=report_sets,
         check_bars=check_bars,
         detector_data="MNIST digits 6,000-7,999 of the fixed split",
-        # Small-norm attacks (CW-L2, DeepFool) flip back under a 3×3 median filter, and
-        # photometric corruptions under a stretch of the range: two more forward passes.
-        views=("median", "stretch"),
+        views=VIEWS,
     )
 )
