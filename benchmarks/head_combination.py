@@ -19,8 +19,11 @@ family means over the sets none of the variants was fitted on; AUROC only (no th
 the rank variants would need a second clean split to calibrate one).
 
     python benchmarks/head_combination.py [--dataset fashion] [--limit 2000]
-        [--attack-limit 500] [--fit-limit N] [--extra-ood glyphs] [--exclude NAME ...]
-        [--json out.json] [--plot out.png]
+        [--attack-limit 500] [--fit-limit N] [--extra-ood glyphs] [--skip-slow]
+        [--data PATH] [--cache DIR] [--json out.json] [--plot out.png]
+
+Sets come from ``kind_sets.KindSets``: the seeds of ``demo build`` and ``demo report``, and
+the same set cache.
 """
 
 from __future__ import annotations
@@ -33,17 +36,12 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
-from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.kind_sets import FIT_SEED, REPORT_SEED, KindSets, add_set_arguments
 from detectors.challenges import parse_spec
-from detectors.demo.datasets import datasets
 from detectors.detector.estimator import ReliabilityDetector
-from detectors.evaluate.run import SET_SEEDS
-from detectors.features import FeatureExtractor
-from detectors.sentry import Sentry
-from detectors.setcache import SetCache
 
 #: Extra OOD source i is made with seed EXTRA_SEEDS + i (the fit challenges use 1, 2, 3).
 EXTRA_SEEDS = 500
@@ -144,55 +142,34 @@ def plot(results: dict[str, dict], title: str, path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=sorted(datasets()), default="fashion")
-    parser.add_argument("--limit", type=int, default=2000)
-    parser.add_argument("--attack-limit", type=int, default=500)
-    parser.add_argument("--fit-limit", type=int, help="detector-split images (default all)")
+    # the whole detector split by default, as `demo build` fits the bundles
+    add_set_arguments(parser, "fashion", 2000, fit_limit=None)
+    parser.add_argument("--attack-limit", type=int, default=500, help="attacked test images")
     parser.add_argument("--extra-ood", nargs="*", default=["glyphs"], metavar="SOURCE")
-    parser.add_argument("--exclude", nargs="*", default=[], metavar="NAME", help="skip sets")
-    parser.add_argument("--cache", type=Path, default=Path(".cache/sets"))
-    parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path, help="PNG: the sets where the variants differ")
     args = parser.parse_args(argv)
 
-    entry = datasets()[args.dataset]
-    splits = entry.load_splits(entry.default_data)
-    model = entry.load_model()
-    extractor: FeatureExtractor = Sentry.load(model, entry.artifacts / "bundle").extractor
-    cache = SetCache(args.cache)
-    det, test = splits["detector"], splits["test"]
-    det = type(det)(det.images[: args.fit_limit], det.labels[: args.fit_limit])
-
-    def features(spec: str | None, images: np.ndarray, labels: np.ndarray, seed: int):
-        x = images
-        if spec is not None:
-            x = cache.generate(parse_spec(spec), model, images, labels, seed=seed)
-        return extractor.extract_images(x, 128, None).features
-
-    bar = tqdm(desc="features", unit="set")
-    clean = features(None, det.images, det.labels, 0)
+    ks = KindSets(args.dataset, args.data, args.cache)
+    entry = ks.entry
+    clean = ks.clean("detector", args.fit_limit).X
     fits = {
-        s: features(s, det.images, det.labels, 1 + i) for i, s in enumerate(entry.fit_challenges)
+        s: ks.rows(s, "detector", args.fit_limit, FIT_SEED + i).X
+        for i, s in enumerate(entry.fit_challenges)
     }
     extra = {
-        f"ood:source={s}": features(f"ood:source={s}", det.images, det.labels, EXTRA_SEEDS + i)
+        f"ood:source={s}": ks.rows(f"ood:source={s}", "detector", args.fit_limit, EXTRA_SEEDS + i).X
         for i, s in enumerate(args.extra_ood)
     }
-    bar.update(1 + len(fits) + len(extra))
-    test_clean = features(None, test.images[: args.limit], test.labels[: args.limit], 0)
+    test_clean = ks.clean("test", args.limit).X
     sets: dict[str, tuple[str, np.ndarray]] = {}
-    for i, (name, spec) in enumerate(entry.report_sets()):
+    for i, name, spec in ks.unseen_report_sets(args.skip_slow):
         kind = parse_spec(spec).kind
-        if name in args.exclude or spec in entry.fit_challenges:
-            continue
         if kind == "corrupted" and "severity=5" not in spec:
             continue
         n = args.attack_limit if kind == "adversarial" else args.limit
-        sets[name] = (kind, features(spec, test.images[:n], test.labels[:n], SET_SEEDS + i))
-        bar.update(1)
-    bar.close()
+        sets[name] = (kind, ks.rows(spec, "test", n, REPORT_SEED + i).X)
 
-    cols = extractor.log_columns
+    cols = ks.ext.log_columns
     heads = generator_heads(clean, {**fits, **extra}, cols)
     variants: dict[str, Scorer] = {
         "per-kind max": per_kind(clean, fits, cols),

@@ -3,8 +3,8 @@
 A demo's bundle gives the feature extractor. Challenge sets are made with the seeds
 ``gradsentry demo build`` and ``demo report`` give them, from the first N images of a
 split, and kept in the set cache, so a rerun with the same N reuses them (the report's own
-sets, on 2,000 test images, are other cache entries). Shared by ``kind_attribution.py``
-and ``kind_ceiling.py``.
+sets, on 2,000 test images, are other cache entries). Shared by ``kind_attribution.py``,
+``kind_ceiling.py`` and ``head_combination.py``.
 """
 
 from __future__ import annotations
@@ -138,13 +138,16 @@ class KindSets:
         ]
 
 
-def add_set_arguments(parser: argparse.ArgumentParser, dataset: str, limit: int) -> None:
-    """The options both kind benchmarks take: which demo, its data and set cache, how many
-    test and detector-split images, whether to leave out the slow attacks."""
+def add_set_arguments(
+    parser: argparse.ArgumentParser, dataset: str, limit: int, fit_limit: int | None = 1000
+) -> None:
+    """The options the set benchmarks take: which demo, its data and set cache, how many
+    test and detector-split images (``fit_limit`` None: all), whether to leave out the slow
+    attacks."""
     parser.add_argument("--dataset", choices=sorted(datasets()), default=dataset)
     parser.add_argument("--data", type=Path)
     parser.add_argument("--cache", type=Path, default=Path(".cache/sets"))
     parser.add_argument("--limit", type=int, default=limit, help="test images per set")
-    parser.add_argument("--fit-limit", type=int, default=1000, help="detector-split images")
+    parser.add_argument("--fit-limit", type=int, default=fit_limit, help="detector-split images")
     parser.add_argument("--skip-slow", action="store_true", help="leave out CW, DeepFool, Square")
     parser.add_argument("--json", type=Path)
